@@ -1,0 +1,76 @@
+# -*- coding: utf-8 -*-
+# Copyright: netns.expose contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Input checks shared by the modules.
+
+Every check raises InvalidInput naming the option, so a module can refuse bad
+input with one clear message before it reads or changes anything.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+# Linux IFNAMSIZ is 16 including the terminating NUL.
+IFNAME_MAX_LEN = 15
+
+
+class InvalidInput(ValueError):
+    """An option value the module refuses; str() names the option first."""
+
+    def __init__(self, field, problem):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def check_ifname(field, value):
+    """Apply the kernel's dev_valid_name() rules to an interface name."""
+    if not value:
+        raise InvalidInput(field, "an interface name must not be empty")
+    if len(value) > IFNAME_MAX_LEN:
+        raise InvalidInput(
+            field, f"interface name {value!r} is {len(value)} characters long; Linux allows at most {IFNAME_MAX_LEN}"
+        )
+    if value in (".", ".."):
+        raise InvalidInput(field, f"{value!r} is not a valid interface name")
+    for char in value:
+        if char in "/:" or char.isspace() or not char.isprintable():
+            raise InvalidInput(field, f"interface name {value!r} must not contain {char!r}")
+    return value
+
+
+def check_netns_name(field, value):
+    """A namespace name becomes a file under /run/netns: it must be a plain file name."""
+    if not value or value in (".", ".."):
+        raise InvalidInput(field, f"{value!r} is not a plain file name")
+    if "/" in value:
+        raise InvalidInput(field, f"netns name {value!r} must be a plain file name, without '/'")
+    if any(not char.isprintable() or char.isspace() for char in value):
+        raise InvalidInput(field, f"netns name {value!r} must not contain whitespace or control characters")
+    if len(value.encode()) > 255:
+        raise InvalidInput(field, "netns name is longer than 255 bytes")
+    return value
+
+
+def parse_ipv4_interface(field, value):
+    """Parse 'a.b.c.d/len' into an IPv4Interface usable as a host address."""
+    if "/" not in value:
+        raise InvalidInput(field, f"{value!r} is not in CIDR notation (expected an address with a prefix, e.g. 10.244.1.2/24)")
+    try:
+        iface = ipaddress.IPv4Interface(value)
+    except ValueError:
+        raise InvalidInput(field, f"{value!r} is not an IPv4 address in CIDR notation (e.g. 10.244.1.2/24)") from None
+    if iface.network.prefixlen > 30 and iface.network.prefixlen != 31:
+        raise InvalidInput(field, f"{value!r}: a /{iface.network.prefixlen} leaves no room for a peer address")
+    if iface.network.prefixlen <= 30 and iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+        raise InvalidInput(field, f"{value!r} is the network or broadcast address of {iface.network}")
+    return iface
+
+
+def parse_ipv4_address(field, value):
+    """Parse a plain IPv4 address; a CIDR is refused where an address is wanted."""
+    if "/" in value:
+        raise InvalidInput(field, f"{value!r} is a CIDR; an IPv4 address without a prefix is expected")
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise InvalidInput(field, f"{value!r} is not an IPv4 address") from None
