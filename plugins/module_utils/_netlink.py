@@ -52,7 +52,6 @@ class Link:
     addresses: list = field(default_factory=list)  # IPv4 "a.b.c.d/len"
 
 
-
 def _link_kind(msg):
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     return linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None

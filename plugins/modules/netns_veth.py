@@ -20,7 +20,7 @@ description:
   - Refuses, before changing anything, names that are already used by something else, such as a physical
     interface called like O(host_ifname) or a file in C(/run/netns) that is not a namespace.
 author:
-  - netns.expose contributors
+  - netns.expose maintainers (@netns-expose)
 extends_documentation_fragment:
   - netns.expose.attributes
   - netns.expose.attributes.platform

@@ -78,9 +78,13 @@ def converged(**changes):
 FRESH = Observed(netns_present=False, netns_owned=False, host_links={"eth0": link("eth0", 3, kind=None)}, netns_links={}, default_gateway=None)
 
 
-def plan_for(observed, **overrides):
+def plan_with_netlink(observed, **overrides):
     netlink = mock.Mock(name="netlink")
     return build_plan(netlink, spec(**overrides), observed), netlink
+
+
+def plan_for(observed, **overrides):
+    return plan_with_netlink(observed, **overrides)[0]
 
 
 def assert_consistent(plan):
@@ -89,7 +93,7 @@ def assert_consistent(plan):
 
 
 def test_fresh_host_gets_the_whole_recipe_in_order():
-    plan, netlink = plan_for(FRESH)
+    plan, netlink = plan_with_netlink(FRESH)
     assert plan.actions == [
         "create netns ns1",
         "create veth pair veth1b <-> veth1a (in netns ns1)",
@@ -107,7 +111,7 @@ def test_fresh_host_gets_the_whole_recipe_in_order():
 
 
 def test_apply_calls_netlink_in_plan_order_with_exact_arguments():
-    plan, netlink = plan_for(FRESH, mtu=1400)
+    plan, netlink = plan_with_netlink(FRESH, mtu=1400)
     plan.apply()
     assert netlink.mock_calls == [
         mock.call.create_netns("ns1"),
@@ -122,13 +126,13 @@ def test_apply_calls_netlink_in_plan_order_with_exact_arguments():
 
 
 def test_converged_host_plans_nothing():
-    plan, _ = plan_for(converged())
+    plan = plan_for(converged())
     assert plan.actions == []
     assert_consistent(plan)
 
 
 def test_netns_without_pair_gets_only_the_pair_and_its_settings():
-    plan, _ = plan_for(converged(host_end=None, ns_end=None, default_gateway=None))
+    plan = plan_for(converged(host_end=None, ns_end=None, default_gateway=None))
     assert plan.actions[0] == "create veth pair veth1b <-> veth1a (in netns ns1)"
     assert "create netns ns1" not in plan.actions
     assert_consistent(plan)
@@ -138,7 +142,7 @@ def test_ns_end_still_on_host_is_moved_and_reconfigured():
     host_end = link("veth1b", 7, peer=8, other_netns=False, addresses=["10.244.1.3/24"])
     ns_end_on_host = link("veth1a", 8, peer=7, other_netns=False, addresses=["10.244.1.2/24"])
     observed = converged(host_end=host_end, ns_end=None, extra_host_links={"veth1a": ns_end_on_host}, default_gateway=None)
-    plan, _ = plan_for(observed)
+    plan = plan_for(observed)
     # Moving drops the addresses and takes the link down, so both come back.
     assert plan.actions == [
         "move veth1a into netns ns1",
@@ -152,43 +156,43 @@ def test_ns_end_still_on_host_is_moved_and_reconfigured():
 
 def test_wrong_address_is_replaced_and_nothing_else_changes():
     observed = converged(ns_end=link("veth1a", 2, peer=7, addresses=["10.244.1.9/24"]))
-    plan, _ = plan_for(observed)
+    plan = plan_for(observed)
     assert plan.actions == ["remove address 10.244.1.9/24 from veth1a in netns ns1", "add address 10.244.1.2/24 to veth1a in netns ns1"]
     assert_consistent(plan)
 
 
 def test_missing_host_address_is_added():
-    plan, _ = plan_for(converged(host_end=link("veth1b", 7, peer=2)))
+    plan = plan_for(converged(host_end=link("veth1b", 7, peer=2)))
     assert plan.actions == ["add address 10.244.1.3/24 to veth1b"]
 
 
 def test_down_links_are_set_up():
     observed = converged(host_end=link("veth1b", 7, peer=2, addresses=["10.244.1.3/24"], up=False), lo=loopback(up=False))
-    plan, _ = plan_for(observed)
+    plan = plan_for(observed)
     assert plan.actions == ["set lo up in netns ns1", "set veth1b up"]
 
 
 @pytest.mark.parametrize("gateway", [None, "10.244.1.99"])
 def test_missing_or_foreign_default_route_is_replaced(gateway):
-    plan, _ = plan_for(converged(default_gateway=gateway))
+    plan = plan_for(converged(default_gateway=gateway))
     assert plan.actions == ["set default route via 10.244.1.3 in netns ns1"]
 
 
 def test_default_route_false_leaves_routes_alone():
-    plan, _ = plan_for(converged(default_gateway="10.244.1.99"), default_route=False)
+    plan = plan_for(converged(default_gateway="10.244.1.99"), default_route=False)
     assert plan.actions == []
 
 
 def test_mtu_differences_are_fixed_on_each_end_that_differs():
     observed = converged(ns_end=link("veth1a", 2, peer=7, addresses=["10.244.1.2/24"], mtu=9000))
-    plan, _ = plan_for(observed, mtu=1400)
+    plan = plan_for(observed, mtu=1400)
     assert plan.actions == ["set mtu 1400 on veth1b", "set mtu 1400 on veth1a in netns ns1"]
-    plan, _ = plan_for(converged(), mtu=1500)
+    plan = plan_for(converged(), mtu=1500)
     assert plan.actions == []
 
 
 def test_absent_removes_pair_and_owned_netns():
-    plan, netlink = plan_for(converged(), state="absent")
+    plan, netlink = plan_with_netlink(converged(), state="absent")
     assert plan.actions == ["delete veth pair veth1b <-> veth1a", "delete netns ns1"]
     assert_consistent(plan)
     plan.apply()
@@ -196,18 +200,18 @@ def test_absent_removes_pair_and_owned_netns():
 
 
 def test_absent_keeps_a_netns_it_did_not_create():
-    plan, _ = plan_for(converged(lo=loopback(owned=False)), state="absent")
+    plan = plan_for(converged(lo=loopback(owned=False)), state="absent")
     assert plan.actions == ["delete veth pair veth1b <-> veth1a"]
 
 
 def test_absent_keeps_owned_netns_that_holds_other_interfaces():
-    plan, _ = plan_for(converged(extra_netns_links={"eth9": link("eth9", 9, kind="dummy")}), state="absent")
+    plan = plan_for(converged(extra_netns_links={"eth9": link("eth9", 9, kind="dummy")}), state="absent")
     assert plan.actions == ["delete veth pair veth1b <-> veth1a"]
     assert "eth9" in plan.warnings[0]
 
 
 def test_absent_on_clean_host_plans_nothing():
-    plan, _ = plan_for(FRESH, state="absent")
+    plan = plan_for(FRESH, state="absent")
     assert plan.actions == []
     assert_consistent(plan)
 
@@ -277,7 +281,7 @@ def test_absent_needs_no_addresses():
 
 
 def test_apply_failure_names_the_step_and_what_was_done():
-    plan, netlink = plan_for(FRESH)
+    plan, netlink = plan_with_netlink(FRESH)
     netlink.add_address.side_effect = OSError(17, "File exists")
     with pytest.raises(PlanApplyError) as excinfo:
         plan.apply()
