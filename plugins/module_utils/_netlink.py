@@ -26,6 +26,7 @@ else:
     PYROUTE2_IMPORT_ERROR = None
 
 IFF_UP = 0x1
+IFA_F_SECONDARY = 0x1
 MAIN_TABLE = 254
 # A netns file is a bind mount of an nsfs inode ("proc" on kernels before 3.19).
 NETNS_FS_TYPES = ("nsfs", "proc")
@@ -50,6 +51,7 @@ class Link:
     operstate: str
     alias: str | None
     addresses: list = field(default_factory=list)  # IPv4 "a.b.c.d/len"
+    secondaries: list = field(default_factory=list)  # those of `addresses` the kernel holds as secondary
 
 
 def _link_kind(msg):
@@ -139,7 +141,10 @@ class Netlink:
         for msg in handle.get_addr(family=socket.AF_INET):
             link = by_index.get(msg["index"])
             if link is not None:
-                link.addresses.append(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+                cidr = f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
+                link.addresses.append(cidr)
+                if (msg.get_attr("IFA_FLAGS") or msg["flags"]) & IFA_F_SECONDARY:
+                    link.secondaries.append(cidr)
         return links
 
     def default_gateway(self, netns=None):

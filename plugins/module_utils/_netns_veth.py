@@ -10,6 +10,7 @@ goes down, for example).
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -225,8 +226,11 @@ def _plan_present(netlink, spec, observed, pair, plan):
             {("ns_end", "netns"): netns, ("ns_end", "addresses"): [], ("ns_end", "up"): False},
         )
 
-    _plan_end(netlink, spec, plan, "host_end", None, spec.host_address)
-    _plan_end(netlink, spec, plan, "ns_end", netns, spec.ns_address)
+    # After a create or a move the ends hold no addresses, so what was read no longer applies.
+    host_end = observed.host_links.get(spec.host_ifname) if pair != PAIR_ABSENT else None
+    ns_end = observed.netns_links.get(spec.ns_ifname) if pair == PAIR_PLACED else None
+    _plan_end(netlink, spec, plan, "host_end", None, spec.host_address, host_end)
+    _plan_end(netlink, spec, plan, "ns_end", netns, spec.ns_address, ns_end)
 
     gateway = str(spec.host_address.ip)
     if spec.default_route and plan.after["default_route"] != gateway:
@@ -237,22 +241,34 @@ def _plan_present(netlink, spec, observed, pair, plan):
         )
 
 
-def _plan_end(netlink, spec, plan, role, netns, address):
-    """Converge one end's MTU, IPv4 addresses and link state."""
+def _plan_end(netlink, spec, plan, role, netns, address, link):
+    """Converge one end's MTU, IPv4 addresses and link state.
+
+    `link` is the end as read before the run (None if it is only being made).
+    """
     end = plan.after[role]
     ifname = end["ifname"]
     where = f" in netns {netns}" if netns else ""
     if spec.mtu is not None and end["mtu"] != spec.mtu:
         plan.add(f"set mtu {spec.mtu} on {ifname}{where}", partial(netlink.set_link, ifname, netns, mtu=spec.mtu), {(role, "mtu"): spec.mtu})
     wanted = str(address)
-    for stale in end["addresses"]:
-        if stale != wanted:
-            plan.add(
-                f"remove address {stale} from {ifname}{where}",
-                partial(netlink.delete_address, ifname, stale, netns),
-                {(role, "addresses"): sorted(set(plan.after[role]["addresses"]) - {stale})},
-            )
-    if wanted not in end["addresses"]:
+    secondaries = set(link.secondaries) if link else set()
+    # Primaries first: deleting a primary address also deletes the secondaries of its
+    # subnet (unless promote_secondaries is set), and those must not be deleted twice.
+    for stale in sorted(end["addresses"], key=lambda cidr: cidr in secondaries):
+        if stale == wanted or stale not in plan.after[role]["addresses"]:
+            continue
+        gone = {stale}
+        if stale not in secondaries:
+            subnet = ipaddress.IPv4Interface(stale).network
+            gone |= {cidr for cidr in secondaries if ipaddress.IPv4Interface(cidr).network == subnet}
+        remaining = sorted(set(plan.after[role]["addresses"]) - gone)
+        effects = {(role, "addresses"): remaining}
+        if netns and not remaining:
+            # A link left without IPv4 addresses loses its routes, the default route too.
+            effects[("default_route",)] = None
+        plan.add(f"remove address {stale} from {ifname}{where}", partial(netlink.delete_address, ifname, stale, netns), effects)
+    if wanted not in plan.after[role]["addresses"]:
         plan.add(
             f"add address {wanted} to {ifname}{where}",
             partial(netlink.add_address, ifname, wanted, netns),

@@ -32,7 +32,7 @@ def spec(**overrides):
     return VethSpec.from_params({**PARAMS, **overrides})
 
 
-def link(name, index, kind="veth", peer=None, other_netns=True, addresses=(), up=True, mtu=1500, alias=None):
+def link(name, index, kind="veth", peer=None, other_netns=True, addresses=(), up=True, mtu=1500, alias=None, secondaries=()):
     return Link(
         name=name,
         index=index,
@@ -45,6 +45,7 @@ def link(name, index, kind="veth", peer=None, other_netns=True, addresses=(), up
         operstate="UP" if up else "DOWN",
         alias=alias,
         addresses=list(addresses),
+        secondaries=list(secondaries),
     )
 
 
@@ -154,10 +155,34 @@ def test_ns_end_still_on_host_is_moved_and_reconfigured():
     assert plan.diff["after"]["ns_end"]["netns"] == "ns1"
 
 
-def test_wrong_address_is_replaced_and_nothing_else_changes():
+def test_wrong_address_is_replaced_and_the_route_it_takes_along_is_restored():
     observed = converged(ns_end=link("veth1a", 2, peer=7, addresses=["10.244.1.9/24"]))
     plan = plan_for(observed)
-    assert plan.actions == ["remove address 10.244.1.9/24 from veth1a in netns ns1", "add address 10.244.1.2/24 to veth1a in netns ns1"]
+    # Removing the last address drops the routes via the link, so the default route comes back.
+    assert plan.actions == [
+        "remove address 10.244.1.9/24 from veth1a in netns ns1",
+        "add address 10.244.1.2/24 to veth1a in netns ns1",
+        "set default route via 10.244.1.3 in netns ns1",
+    ]
+    assert_consistent(plan)
+
+
+def test_an_extra_address_is_removed_and_nothing_else_changes():
+    observed = converged(ns_end=link("veth1a", 2, peer=7, addresses=["10.244.1.2/24", "10.244.1.9/24"]))
+    plan = plan_for(observed)
+    assert plan.actions == ["remove address 10.244.1.9/24 from veth1a in netns ns1"]
+    assert_consistent(plan)
+
+
+def test_a_primary_removed_takes_its_secondaries_along_and_the_wanted_one_comes_back():
+    addresses = ["10.244.1.9/24", "10.244.1.8/24", "10.244.1.2/24"]
+    observed = converged(ns_end=link("veth1a", 2, peer=7, addresses=addresses, secondaries=addresses[1:]))
+    plan = plan_for(observed)
+    assert plan.actions == [
+        "remove address 10.244.1.9/24 from veth1a in netns ns1",
+        "add address 10.244.1.2/24 to veth1a in netns ns1",
+        "set default route via 10.244.1.3 in netns ns1",
+    ]
     assert_consistent(plan)
 
 
