@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 
+# An effect value that deletes the key from the view.
+REMOVE = object()
+
 
 class Step:
     """One change: what it says, what it does, and how it changes the view."""
@@ -29,7 +32,11 @@ class Plan:
         self.steps = []
 
     def add(self, description, apply, effects=None):
-        """Queue a step. `effects` maps a key path (tuple) in the view to its new value."""
+        """Queue a step. `effects` maps a key path (tuple) in the view to its new value (or REMOVE).
+
+        `apply` may be None for a step that a later step carries out together with
+        others (a batch committed at once).
+        """
         effects = effects or {}
         for path, value in effects.items():
             _set_path(self.after, path, value)
@@ -50,6 +57,8 @@ class Plan:
     def apply(self):
         """Run the steps in order; on failure say which step failed and what had been done."""
         for done, step in enumerate(self.steps):
+            if step.apply is None:
+                continue
             try:
                 step.apply()
             except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -66,4 +75,7 @@ class PlanApplyError(Exception):
 def _set_path(view, path, value):
     for key in path[:-1]:
         view = view.setdefault(key, {})
-    view[path[-1]] = value
+    if value is REMOVE:
+        view.pop(path[-1], None)
+    else:
+        view[path[-1]] = value

@@ -1,0 +1,198 @@
+# -*- coding: utf-8 -*-
+# Copyright: netns.expose contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The iptables backend: read with one iptables-save, write with one iptables-restore.
+
+The collection owns a few chains of its own, and in the built-in chains only the
+jump rules that carry the comment OWNER_COMMENT. Everything else in the dump is
+foreign and is never written: a transaction only names owned chains and rules,
+and runs with --noflush.
+
+A backend for nftables would offer the same three calls (read, script, commit)
+over an `OwnedRules` value; the planner above it does not know about iptables.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+OWNER_COMMENT = "netns.expose"
+JUMP_COMMENT = f'-m comment --comment "{OWNER_COMMENT}"'
+# Seconds iptables-restore waits for the xtables lock held by another program.
+XTABLES_LOCK_WAIT = "10"
+VARIANTS = ("nft", "legacy")
+
+_COMMENT = re.compile(r'-m comment --comment (?:"([^"]*)"|(\S+))')
+
+
+def rule_comment(line):
+    match = _COMMENT.search(line)
+    return None if match is None else (match.group(1) if match.group(1) is not None else match.group(2))
+
+
+@dataclass
+class Dump:
+    """What iptables-save printed, per table: chain names and rule lines in order."""
+
+    chains: dict = field(default_factory=dict)  # table -> [chain, ...]
+    rules: dict = field(default_factory=dict)  # table -> [(chain, "-A chain ..."), ...]
+
+    def table_lines(self, table, chain):
+        return [line for rule_chain, line in self.rules.get(table, []) if rule_chain == chain]
+
+
+def parse_save(text):
+    dump = Dump()
+    table = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            table = line[1:]
+            dump.chains.setdefault(table, [])
+            dump.rules.setdefault(table, [])
+        elif line == "COMMIT":
+            table = None
+        elif line.startswith(":") and table:
+            dump.chains[table].append(line[1:].split()[0])
+        elif line.startswith("-A ") and table:
+            dump.rules[table].append((line.split()[1], line))
+    return dump
+
+
+@dataclass
+class OwnedRules:
+    """The rules this collection owns, as iptables-save prints them.
+
+    chains: table -> {owned chain -> [rule lines]}
+    jumps:  table -> {built-in chain -> jump rule line}
+    """
+
+    chains: dict = field(default_factory=dict)
+    jumps: dict = field(default_factory=dict)
+
+    def is_empty(self):
+        return not any(self.chains.values()) and not any(self.jumps.values())
+
+
+def jump_line(builtin_chain, owned_chain):
+    return f"-A {builtin_chain} {JUMP_COMMENT} -j {owned_chain}"
+
+
+def owned_rules(dump, owned_chains):
+    """Pick out of a dump the chains in owned_chains (table -> names) and the jumps to them."""
+    owned = OwnedRules()
+    for table, names in owned_chains.items():
+        present = set(dump.chains.get(table, []))
+        owned.chains[table] = {name: dump.table_lines(table, name) for name in names if name in present}
+        owned.jumps[table] = {}
+        for chain, line in dump.rules.get(table, []):
+            target = line.rsplit(" -j ", 1)[-1]
+            if chain not in names and target in names and rule_comment(line) == OWNER_COMMENT:
+                owned.jumps[table][chain] = line
+    return owned
+
+
+# Jumps are inserted first in these built-in chains: an ACCEPT for a mapped flow
+# must come before a host's own DROP rules.
+INSERT_FIRST = {("filter", "FORWARD")}
+
+
+def restore_script(current, desired):
+    """The iptables-restore --noflush input that turns `current` into `desired`.
+
+    Only owned chains and jumps appear in it. Rules are deleted and appended one by
+    one (not rewritten), so untouched rules keep their place and counters.
+    Returns (script, counts) where counts is table -> (added, deleted); the script
+    is empty when nothing differs.
+    """
+    blocks = []
+    counts = {}
+    for table in sorted(set(current.chains) | set(desired.chains) | set(current.jumps) | set(desired.jumps)):
+        have = current.chains.get(table, {})
+        want = desired.chains.get(table, {})
+        have_jumps = current.jumps.get(table, {})
+        want_jumps = desired.jumps.get(table, {})
+        lines = []
+        added = deleted = 0
+        for chain in want:
+            if chain not in have:
+                # Declaring a chain that exists would flush it under --noflush: only new ones.
+                lines.append(f":{chain} - [0:0]")
+        for chain, rules in have.items():
+            if chain not in want:
+                continue
+            surplus = Counter(rules) - Counter(want[chain])
+            for line in rules:
+                if surplus[line]:
+                    surplus[line] -= 1
+                    lines.append("-D" + line[2:])
+                    deleted += 1
+        for builtin, line in sorted(have_jumps.items()):
+            if want_jumps.get(builtin) != line:
+                lines.append("-D" + line[2:])
+                deleted += 1
+        for chain in have:
+            if chain not in want:
+                lines.extend([f"-F {chain}", f"-X {chain}"])
+                deleted += len(have[chain])
+        for chain, rules in want.items():
+            missing = Counter(rules) - Counter(have.get(chain, []))
+            for line in rules:
+                if missing[line]:
+                    missing[line] -= 1
+                    lines.append(line)
+                    added += 1
+        for builtin, line in sorted(want_jumps.items()):
+            if have_jumps.get(builtin) != line:
+                if (table, builtin) in INSERT_FIRST:
+                    line = f"-I {builtin} 1" + line[len(f"-A {builtin}"):]
+                lines.append(line)
+                added += 1
+        if lines:
+            blocks.append("\n".join([f"*{table}", *lines, "COMMIT"]))
+            counts[table] = (added, deleted)
+    return ("\n".join(blocks) + "\n" if blocks else ""), counts
+
+
+class IptablesError(Exception):
+    pass
+
+
+class IptablesBackend:
+    """Runs the iptables-save/-restore pair of one variant through module.run_command."""
+
+    def __init__(self, module, variant):
+        self.module = module
+        self.variant = self.detect_variant() if variant == "auto" else variant
+        self.save_bin = module.get_bin_path(f"iptables-{self.variant}-save", required=True)
+        self.restore_bin = module.get_bin_path(f"iptables-{self.variant}-restore", required=True)
+
+    def detect_variant(self):
+        """The variant the host's `iptables` command uses, as Docker and the admin will."""
+        iptables = self.module.get_bin_path("iptables")
+        if iptables:
+            rc, out, err = self.module.run_command([iptables, "--version"])
+            if rc == 0 and "legacy" in out:
+                return "legacy"
+            if rc == 0 and "nf_tables" in out:
+                return "nft"
+        for variant in VARIANTS:
+            if self.module.get_bin_path(f"iptables-{variant}-restore"):
+                return variant
+        raise IptablesError("iptables: no iptables-nft-restore or iptables-legacy-restore found on the host")
+
+    def read(self):
+        rc, out, err = self.module.run_command([self.save_bin])
+        if rc != 0:
+            raise IptablesError(f"{self.save_bin} failed ({rc}): {err.strip()}")
+        return parse_save(out)
+
+    def commit(self, script):
+        rc, out, err = self.module.run_command(
+            [self.restore_bin, "--noflush", "--wait", XTABLES_LOCK_WAIT], data=script, binary_data=True
+        )
+        if rc != 0:
+            raise IptablesError(f"{self.restore_bin} failed ({rc}): {(err or out).strip()}")
