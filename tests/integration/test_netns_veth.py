@@ -37,7 +37,7 @@ FULL_RECIPE = [
 @pytest.fixture(params=sorted(INTERPRETERS), ids=sorted(INTERPRETERS))
 def python(request):
     interpreter = INTERPRETERS[request.param]
-    version = subprocess.run([interpreter, "-c", "import pyroute2; print(pyroute2.__version__)"],
+    version = subprocess.run([interpreter, "-c", "import importlib.metadata as m; print(m.version('pyroute2'))"],
                              capture_output=True, text=True, check=True).stdout.strip()
     assert version.startswith(request.param.split("-")[1]), f"{interpreter} has pyroute2 {version}"
     return interpreter
@@ -62,13 +62,14 @@ def snapshot(lab):
         links = json.loads(sh(lab, *prefix, "ip", "-d", "-j", "link", "show"))
         for link in links:
             link.pop("operstate", None)  # settles asynchronously after a change
+        # IPv4 only: the kernel's IPv6 autoconfiguration (DAD) settles on its own time.
         return {
             "links": links,
-            "addresses": json.loads(sh(lab, *prefix, "ip", "-j", "addr", "show")),
-            "routes": json.loads(sh(lab, *prefix, "ip", "-j", "route", "show", "table", "all")),
+            "addresses": json.loads(sh(lab, *prefix, "ip", "-4", "-j", "addr", "show")),
+            "routes": json.loads(sh(lab, *prefix, "ip", "-4", "-j", "route", "show", "table", "all")),
         }
 
-    namespaces = sorted(sh(lab, "ip", "netns", "list").split())
+    namespaces = sorted(line.split()[0] for line in sh(lab, "ip", "netns", "list").splitlines())
     state = {"host": view([]), "netns": namespaces}
     for name in namespaces:
         state[name] = view(["ip", "netns", "exec", name])
@@ -128,13 +129,14 @@ def test_fresh_host_gets_the_recipe_and_a_second_run_changes_nothing(lab, master
 
 
 PARTIAL_STATES = {
+    # `ip netns add` leaves lo down; the module brings it up.
     "netns without veth": (
         [["ip", "netns", "add", "ns1"]],
-        FULL_RECIPE[1:],
+        ["set lo up in netns ns1", *FULL_RECIPE[1:]],
     ),
     "pair with ns end still on host": (
         [["ip", "netns", "add", "ns1"], ["ip", "link", "add", "veth1b", "type", "veth", "peer", "name", "veth1a"]],
-        ["move veth1a into netns ns1", *FULL_RECIPE[2:]],
+        ["set lo up in netns ns1", "move veth1a into netns ns1", *FULL_RECIPE[2:]],
     ),
     "wrong address in ns": (
         "converged",
@@ -275,12 +277,12 @@ def test_bad_input_is_refused_before_anything_changes(lab, master, run_module, c
 
 
 @pytest.mark.parametrize("state", ["present", "absent"])
-def test_a_physical_interface_with_the_host_ifname_is_refused_and_kept(lab, master, run_module, state):
-    sh(lab, "ip", "link", "add", "veth1b", "type", "dummy")
+def test_an_interface_of_another_kind_with_the_host_ifname_is_refused_and_kept(lab, master, run_module, state):
+    sh(lab, "ip", "link", "add", "veth1b", "type", "bridge")
     before = snapshot(lab)
     result = veth(run_module, state=state)
     assert result.get("failed") is True
-    assert result["msg"].startswith("host_ifname: 'veth1b' is already in use on the host by a dummy device"), result["msg"]
+    assert result["msg"].startswith("host_ifname: 'veth1b' is already in use on the host by a bridge device"), result["msg"]
     assert snapshot(lab) == before
 
 

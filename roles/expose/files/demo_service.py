@@ -6,6 +6,7 @@ Usage: demo_service.py [PORT] (default 9090, on every address of its namespace).
 from __future__ import annotations
 
 import json
+import socketserver
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,9 +26,17 @@ class Handler(BaseHTTPRequestHandler):
         sys.stdout.flush()
 
 
+class Server(ThreadingHTTPServer):
+    def server_bind(self):
+        # HTTPServer.server_bind looks up the FQDN of the bind address, which waits for
+        # DNS timeouts in a namespace with no resolver; the name is not needed.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "demo", self.server_address[1]
+
+
 def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 9090
-    ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
+    Server(("0.0.0.0", port), Handler).serve_forever()
 
 
 if __name__ == "__main__":
