@@ -5,14 +5,12 @@ ip_forward is 0, and puts it back so afterwards, also when it fails.
 """
 from __future__ import annotations
 
-import re
 import textwrap
 
 import pytest
+from master_host import MASTER, VARIANTS, foreign, ip_forward, owned, save, scrub_netfilter, sh
 
-MASTER = "master"
 MODULE = "netns.expose.dnat_rule"
-VARIANTS = ("nft", "legacy")
 WEB = dict(name="web", protocol="tcp", port=8090, to_address="10.244.1.2", to_port=9090,
            destination="10.211.55.122", in_interface="eth0")
 DNS = dict(name="dns", protocol="udp", port=8053, to_address="10.244.1.2", to_port=5353, in_interface="eth0")
@@ -45,53 +43,11 @@ COMMIT
 """
 
 
-def sh(lab, *argv, check=True, stdin=None):
-    done = lab.exec(MASTER, list(argv), input=stdin)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{argv} failed ({done.returncode}): {done.stderr}")
-    return done.stdout
-
-
-def save(lab, variant):
-    """iptables-save of the master without comments and counters: what compares across runs."""
-    text = sh(lab, f"iptables-{variant}-save")
-    return [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in text.splitlines() if not line.startswith("#")]
-
-
-def owned(lines):
-    return [line for line in lines if "NETNS-EXPOSE" in line or "netns.expose" in line]
-
-
-def foreign(lines):
-    return [line for line in lines if line not in owned(lines)]
-
-
-def ip_forward(lab):
-    return int(sh(lab, "cat", "/proc/sys/net/ipv4/ip_forward"))
-
-
-def scrub(lab):
-    """Empty nat and filter tables (both variants) and ip_forward 0, in the lab master only.
-
-    The tables exist, empty, as on any host where something has used iptables; a
-    fresh namespace has none, and iptables-nft creates them on first use.
-    """
-    sh(lab, "nft", "flush", "ruleset")
-    for variant in VARIANTS:
-        for table in ("nat", "filter"):
-            sh(lab, f"iptables-{variant}", "-t", table, "-F")
-            sh(lab, f"iptables-{variant}", "-t", table, "-X")
-            sh(lab, f"iptables-{variant}", "-t", table, "-N", "scrub")
-            sh(lab, f"iptables-{variant}", "-t", table, "-X", "scrub")
-        sh(lab, f"iptables-{variant}", "-P", "FORWARD", "ACCEPT")
-    sh(lab, "sysctl", "-qw", "net.ipv4.ip_forward=0")
-
-
 @pytest.fixture
 def master(lab):
-    scrub(lab)
+    scrub_netfilter(lab)
     yield lab
-    scrub(lab)
+    scrub_netfilter(lab)
 
 
 @pytest.fixture(params=VARIANTS)

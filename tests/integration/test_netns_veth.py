@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from master_host import MASTER, sh
 
-MASTER = "master"
 ARGS = dict(
     netns="ns1",
     ns_ifname="veth1a",
@@ -41,14 +41,6 @@ def python(request):
                              capture_output=True, text=True, check=True).stdout.strip()
     assert version.startswith(request.param.split("-")[1]), f"{interpreter} has pyroute2 {version}"
     return interpreter
-
-
-def sh(lab, *argv, check=True):
-    """Run argv in the lab master; return stdout."""
-    done = lab.exec(MASTER, list(argv))
-    if check and done.returncode != 0:
-        raise AssertionError(f"{argv} failed ({done.returncode}): {done.stderr}")
-    return done.stdout
 
 
 def in_ns1(lab, *argv, check=True):

@@ -1,0 +1,211 @@
+# Copyright: netns.expose contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures of the integration tests: a lab of namespaces and Ansible runs against it.
+
+- lab (session): a Lab (tests/lab/nslab.py) built from tests/lab/inventory.yml under a
+  lab name of its own for this pytest process; always taken down at the end.
+- ansible_env (session): the environment of hack/env.sh, for Ansible and nslab.py runs.
+- ansible (session): an AnsibleRunner with run_module(...) and run_playbook(...).
+- run_module(host, module, args, check=False, diff=False, python=None) -> the task's result dict.
+- run_playbook(path_or_text, extra_vars=None, check=False, diff=False) -> the whole run as a dict.
+- host_exec(host, argv, **kwargs) -> subprocess.CompletedProcess, argv run in a lab host.
+- make_lab(suffix) -> a further Lab (not built) with the same hosts, taken down after the test.
+
+Ansible runs with the environment of hack/env.sh and the stdout callback in
+callback_plugins/lab_json.py, which prints the run as one JSON document.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_INVENTORY = REPO / "tests" / "lab" / "inventory.yml"
+CALLBACK_PLUGINS = Path(__file__).resolve().parent / "callback_plugins"
+ANSIBLE_TIMEOUT = 600  # seconds for one ansible-playbook run
+
+sys.path.insert(0, str(REPO / "tests" / "lab"))
+import nslab  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root: they make namespaces, mounts and veth pairs")
+
+
+def session_lab_name():
+    """Unique per pytest process, so that parallel runs do not share (or tear down) a lab; short."""
+    return f"pt{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(tmp_path_factory):
+    """tests/lab/inventory.yml with this session's lab_name."""
+    inventory = yaml.safe_load(LAB_INVENTORY.read_text(encoding="utf-8"))
+    inventory["all"]["vars"]["lab_name"] = session_lab_name()
+    path = tmp_path_factory.mktemp("lab") / "inventory.yml"
+    path.write_text(yaml.safe_dump(inventory), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lab_template(lab_inventory):
+    """The session's lab as the inventory describes it, not built."""
+    return nslab.Lab.from_inventory(lab_inventory)
+
+
+@pytest.fixture(scope="session")
+def lab(request, lab_template):
+    """The session's lab, up; taken down at the end of the session whatever happens."""
+    session_lab = lab_template
+    session_lab.down()  # a stale lab of an earlier process that had the same pid
+    request.addfinalizer(session_lab.down)  # before up: a failed up is cleaned up too
+    session_lab.up()
+    return session_lab
+
+
+@pytest.fixture
+def make_lab(lab_template):
+    """make_lab(suffix) -> a Lab like the session's, named <session lab>-<suffix>, not built.
+
+    For tests that take labs down or break them; every lab made is taken down after the test.
+    """
+    made = []
+
+    def make(suffix):
+        extra = nslab.Lab(
+            f"{lab_template.name}-{suffix}",
+            {host.name: (host.address, host.ifname) for host in lab_template.hosts.values()},
+            gateway=lab_template.gateway,
+        )
+        made.append(extra)
+        return extra
+
+    yield make
+    for extra in made:
+        extra.down()
+
+
+def ansible_environment():
+    """The environment hack/env.sh sets up (venv on PATH, the checkout as netns.expose)."""
+    dump = subprocess.run(
+        ["bash", "-c", 'source "$1" >/dev/null && env -0', "bash", str(REPO / "hack" / "env.sh")],
+        capture_output=True, check=True,
+    ).stdout
+    env = dict(entry.split("=", 1) for entry in dump.decode().split("\0") if "=" in entry)
+    env.update(
+        ANSIBLE_STDOUT_CALLBACK="lab_json",
+        ANSIBLE_CALLBACK_PLUGINS=str(CALLBACK_PLUGINS),
+        ANSIBLE_RETRY_FILES_ENABLED="false",
+        ANSIBLE_FORCE_COLOR="false",
+    )
+    return env
+
+
+class _Unsafe(str):
+    """A string that the playbook YAML marks !unsafe, so Ansible never templates it."""
+
+
+class _PlaybookDumper(yaml.SafeDumper):
+    pass
+
+
+_PlaybookDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
+
+
+def _unsafe(value):
+    """value with every string in it (not the keys) marked !unsafe."""
+    if isinstance(value, str):
+        return _Unsafe(value)
+    if isinstance(value, dict):
+        return {key: _unsafe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_unsafe(item) for item in value]
+    return value
+
+
+class AnsibleRunner:
+    """Runs ansible-playbook against a lab inventory and returns the parsed JSON output."""
+
+    def __init__(self, inventory, workdir, env):
+        self.inventory = Path(inventory)
+        self.workdir = Path(workdir)
+        self.env = env
+        self._file_numbers = itertools.count()
+
+    def _new_file(self, stem, text):
+        path = self.workdir / f"{stem}-{next(self._file_numbers)}"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def run_playbook(self, path_or_text, extra_vars=None, check=False, diff=False):
+        """Run a playbook (a Path, a path string, or YAML text with a newline); return the run as a dict."""
+        if isinstance(path_or_text, str) and "\n" in path_or_text:
+            playbook = self._new_file("playbook.yml", path_or_text)
+        else:
+            playbook = Path(path_or_text)
+        argv = ["ansible-playbook", "-i", str(self.inventory), str(playbook)]
+        if extra_vars:
+            argv += ["-e", f"@{self._new_file('extra-vars.json', json.dumps(extra_vars))}"]
+        argv += ["--check"] * check + ["--diff"] * diff
+        done = subprocess.run(argv, env=self.env, cwd=REPO, capture_output=True, text=True,
+                              timeout=ANSIBLE_TIMEOUT, check=False)
+        try:
+            return json.loads(done.stdout)
+        except ValueError:
+            raise AssertionError(
+                f"ansible-playbook printed no JSON (rc {done.returncode})\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+            ) from None
+
+    def run_module(self, host, module, args, check=False, diff=False, python=None):
+        """Run one module on one host; return its result (with 'failed', 'changed', 'msg', 'diff' as given).
+
+        args go into the playbook as YAML with every string marked !unsafe, so any value
+        (quotes, braces, '{{ }}') reaches the module as it is.
+        """
+        play = {"name": f"{module} on {host}", "hosts": host, "gather_facts": False,
+                "tasks": [{"name": module, module: _unsafe(args)}]}
+        if python:
+            play["vars"] = {"ansible_python_interpreter": python}
+        text = yaml.dump([play], Dumper=_PlaybookDumper, sort_keys=False)
+        run = self.run_playbook(text, check=check, diff=diff)
+        try:
+            result = run["plays"][0]["tasks"][0]["hosts"][host]
+        except (KeyError, IndexError):
+            raise AssertionError(f"no result for {host} in {json.dumps(run, indent=2)}") from None
+        result.setdefault("failed", False)
+        return result
+
+
+@pytest.fixture(scope="session")
+def ansible_env():
+    """The environment to run Ansible (and nslab.py) with."""
+    return ansible_environment()
+
+
+@pytest.fixture(scope="session")
+def ansible(lab, lab_inventory, ansible_env, tmp_path_factory):
+    return AnsibleRunner(lab_inventory, tmp_path_factory.mktemp("ansible"), ansible_env)
+
+
+@pytest.fixture
+def run_module(ansible):
+    return ansible.run_module
+
+
+@pytest.fixture
+def run_playbook(ansible):
+    return ansible.run_playbook
+
+
+@pytest.fixture
+def host_exec(lab):
+    return lab.exec

@@ -1,0 +1,50 @@
+"""Running commands on the lab master and reading its netfilter state, for the tests."""
+from __future__ import annotations
+
+import re
+
+MASTER = "master"
+VARIANTS = ("nft", "legacy")
+
+
+def sh(lab, *argv, check=True, stdin=None, host=MASTER):
+    """Run argv in a lab host (the master by default); return stdout."""
+    done = lab.exec(host, list(argv), input=stdin)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{host}: {argv} failed ({done.returncode}): {done.stderr}")
+    return done.stdout
+
+
+def save(lab, variant):
+    """iptables-save of the master without comments and counters: what compares across runs."""
+    text = sh(lab, f"iptables-{variant}-save")
+    return [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in text.splitlines() if not line.startswith("#")]
+
+
+def owned(lines):
+    return [line for line in lines if "NETNS-EXPOSE" in line or "netns.expose" in line]
+
+
+def foreign(lines):
+    return [line for line in lines if line not in owned(lines)]
+
+
+def ip_forward(lab):
+    return int(sh(lab, "cat", "/proc/sys/net/ipv4/ip_forward"))
+
+
+def scrub_netfilter(lab):
+    """Empty nat and filter tables (both variants) and ip_forward 0, in the lab master only.
+
+    The tables exist, empty, as on any host where something has used iptables; a
+    fresh namespace has none, and iptables-nft creates them on first use.
+    """
+    sh(lab, "nft", "flush", "ruleset")
+    for variant in VARIANTS:
+        for table in ("nat", "filter"):
+            sh(lab, f"iptables-{variant}", "-t", table, "-F")
+            sh(lab, f"iptables-{variant}", "-t", table, "-X")
+            sh(lab, f"iptables-{variant}", "-t", table, "-N", "scrub")
+            sh(lab, f"iptables-{variant}", "-t", table, "-X", "scrub")
+        sh(lab, f"iptables-{variant}", "-P", "FORWARD", "ACCEPT")
+    sh(lab, "sysctl", "-qw", "net.ipv4.ip_forward=0")

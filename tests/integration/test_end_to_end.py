@@ -1,0 +1,85 @@
+"""The recipe end to end: services in the master's ns1, reached from the slave through the mappings.
+
+A real HTTP server and a UDP service run in ns1; the slave uses curl, a UDP client
+and ping. The master's FORWARD policy is DROP (as with Docker), and the master
+itself ignores pings, so each check passes only through its mapping.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from master_host import sh, scrub_netfilter
+
+HERE = Path(__file__).resolve().parent
+DEMO_SERVICE = HERE.parents[1] / "roles" / "expose" / "files" / "demo_service.py"
+UDP_ECHO = HERE / "udp_echo.py"
+VETH = dict(netns="ns1", ns_ifname="veth1a", host_ifname="veth1b", ns_address="10.244.1.2/24", host_address="10.244.1.3/24")
+MAPPINGS = [
+    dict(name="web", protocol="tcp", port=8090, to_address="10.244.1.2", to_port=9090, destination="10.211.55.122",
+         in_interface="eth0"),
+    dict(name="dns", protocol="udp", port=8053, to_address="10.244.1.2", to_port=5353, in_interface="eth0"),
+    dict(name="ping", protocol="icmp", to_address="10.244.1.2", in_interface="eth0"),
+]
+REPLY = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
+
+
+@pytest.fixture(scope="module")
+def services(lab, ansible):
+    """ns1 with its pair on the master, the two services in it; all removed afterwards."""
+    scrub_netfilter(lab)
+    sh(lab, "iptables", "-P", "FORWARD", "DROP")
+    sh(lab, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
+    try:
+        assert not ansible.run_module("master", "netns.expose.netns_veth", VETH)["failed"]
+        for argv in (["python3", str(DEMO_SERVICE), "9090"], ["python3", str(UDP_ECHO), "serve", "5353"]):
+            sh(lab, "setsid", "-f", "ip", "netns", "exec", "ns1", *argv)
+        # Both listen before the tests start.
+        sh(lab, "sh", "-c", "for i in $(seq 50); do ip netns exec ns1 ss -Hltun | grep -q ':9090' && "
+                            "ip netns exec ns1 ss -Hlun | grep -q ':5353' && exit 0; sleep 0.1; done; exit 1")
+        yield lab
+    finally:
+        # Only the processes in this lab master's ns1 (pkill would reach other labs too).
+        sh(lab, "sh", "-c", "ip netns pids ns1 | xargs -r kill", check=False)
+        ansible.run_module("master", "netns.expose.netns_veth", {**VETH, "state": "absent"})
+        sh(lab, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0")
+        scrub_netfilter(lab)
+
+
+def from_slave(lab, *argv):
+    return lab.exec("slave", list(argv))
+
+
+def reachable(lab):
+    """What the slave gets through each mapping: the reply, or None."""
+    http = from_slave(lab, "curl", "-s", "-m", "3", "http://10.211.55.122:8090/")
+    udp = from_slave(lab, "python3", str(UDP_ECHO), "ask", "10.211.55.122", "8053", "hello")
+    ping = from_slave(lab, "ping", "-c", "1", "-W", "2", "10.211.55.122")
+    return {
+        "tcp": http.stdout if http.returncode == 0 else None,
+        "udp": udp.stdout.strip() if udp.returncode == 0 else None,
+        "icmp": ping.returncode == 0 or None,
+    }
+
+
+def test_the_slave_reaches_each_service_only_through_its_mapping(services, run_module):
+    lab = services
+    assert reachable(lab) == {"tcp": None, "udp": None, "icmp": None}, "reachable before any mapping"
+
+    added = run_module("master", "netns.expose.dnat_rule", {"rules": MAPPINGS})
+    assert not added["failed"], added
+    assert reachable(lab) == {"tcp": REPLY, "udp": "echo:hello", "icmp": True}
+
+    removed = run_module("master", "netns.expose.dnat_rule", {"rules": [{"name": m["name"]} for m in MAPPINGS],
+                                                             "state": "absent"})
+    assert not removed["failed"], removed
+    assert reachable(lab) == {"tcp": None, "udp": None, "icmp": None}, "reachable after the mappings were removed"
+
+
+def test_each_mapping_carries_only_its_own_protocol(services, run_module):
+    lab = services
+    try:
+        assert not run_module("master", "netns.expose.dnat_rule", MAPPINGS[0])["failed"]
+        assert reachable(lab) == {"tcp": REPLY, "udp": None, "icmp": None}
+    finally:
+        run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent"})

@@ -1,0 +1,451 @@
+# Copyright: netns.expose contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Lab hosts made of namespaces, on one machine, driven by an Ansible inventory.
+
+A lab host has its own network namespace, its own mount namespace (with a private
+/run/netns and its own /sys) and its own UTS namespace (hostname). The namespaces
+are kept by bind mounts under /run/netns-expose-lab/<lab>/<host>/{net,mnt,uts}, so
+no process is needed to hold them. The hosts share a LAN: a bridge in a network
+namespace of its own (<lab>/lan/net) that also holds the gateway address and
+routes nowhere else. Nothing is created in the machine's own network namespace.
+
+    python3 tests/lab/nslab.py up     -i INVENTORY   build the lab (idempotent; completes a partial lab)
+    python3 tests/lab/nslab.py status -i INVENTORY
+    python3 tests/lab/nslab.py down   -i INVENTORY   remove every namespace, process and mount of the lab
+    python3 tests/lab/nslab.py down   --lab NAME     the same, without an inventory
+
+Inventory variables: lab_address (CIDR; makes a host a lab host), lab_ifname
+(default eth0), and, the same for all lab hosts, lab_name (default expose-lab)
+and lab_gateway (default: the first usable address of the first host's subnet).
+
+From Python: Lab.from_inventory(path) or Lab(name, {host: (address, ifname)}),
+then .up(), .down(), .status(), .hosts and .exec(host, argv).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+LAB_ROOT = "/run/netns-expose-lab"
+NETNS_RUN_DIR = "/run/netns"
+BRIDGE = "br0"
+DEFAULT_LAB_NAME = "expose-lab"
+DEFAULT_IFNAME = "eth0"
+LAN_DIR = "lan"
+# The namespace files of a lab host, with the unshare(1)/nsenter(1) option for each.
+HOST_NAMESPACES = {"net": "--net", "mnt": "--mount", "uts": "--uts"}
+# Run in a lab host's network and mount namespaces. A tmpfs on /run/netns lets
+# each lab host have its own ns1; a fresh sysfs (mounted from inside the network
+# namespace) shows the host's own interfaces under /sys/class/net, which Ansible's
+# facts read.
+HOST_MOUNTS_SCRIPT = f"""
+mount -t tmpfs -o mode=0755 lab-netns {NETNS_RUN_DIR}
+mount -t sysfs lab-sysfs /sys
+"""
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+IFNAMSIZ = 15
+
+
+class LabError(Exception):
+    """A lab cannot be built, read or removed."""
+
+
+def run(argv, check=True, **kwargs):
+    """Run argv and capture its output as text; raise LabError if it fails and check is true."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+    if check and done.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+@dataclass(frozen=True)
+class Mount:
+    point: str
+    root: str
+    fstype: str
+
+    @property
+    def namespace_inode(self):
+        """The namespace a namespace file mount pins (root 'net:[4026532177]'), or None."""
+        match = re.fullmatch(r"\w+:\[(\d+)\]", self.root) if self.fstype == "nsfs" else None
+        return int(match.group(1)) if match else None
+
+
+def _unescape(field):
+    return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal.group(1), 8)), field)
+
+
+def mount_table(mount_namespace=None):
+    """The mounts of this process, or of the mount namespace file given."""
+    if mount_namespace is None:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+            text = mountinfo.read()
+    else:
+        text = run(["nsenter", f"--mount={mount_namespace}", "--", "cat", "/proc/self/mountinfo"]).stdout
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        # Optional fields end with '-', then come the filesystem type and source.
+        separator = fields.index("-", 6)
+        mounts.append(Mount(point=_unescape(fields[4]), root=_unescape(fields[3]), fstype=fields[separator + 1]))
+    return mounts
+
+
+def is_under(path, directory):
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def bound_namespaces(mounts, directory):
+    """{mount point: namespace inode} of the namespace files bound under directory."""
+    return {m.point: m.namespace_inode for m in mounts if m.namespace_inode and is_under(m.point, directory)}
+
+
+def process_namespaces(pid, kinds=tuple(HOST_NAMESPACES)):
+    """Inodes of the namespaces of a process (net, mnt and uts by default); empty once it is gone."""
+    inodes = set()
+    for kind in kinds:
+        try:
+            link = os.readlink(f"/proc/{pid}/ns/{kind}")
+        except OSError:
+            continue
+        inodes.add(int(link.split("[")[1].rstrip("]")))
+    return inodes
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    ifname: str
+    dir: str
+
+    def ns(self, kind):
+        """Path of the host's namespace file of a kind (net, mnt, uts)."""
+        return os.path.join(self.dir, kind)
+
+    @property
+    def lan_port(self):
+        """Name of the host's veth end on the bridge: stable, and short enough for any hostname."""
+        return "l-" + hashlib.sha1(self.name.encode()).hexdigest()[:10]
+
+    def nsenter(self, kinds=tuple(HOST_NAMESPACES)):
+        """The argv prefix that runs a command in the host's namespaces."""
+        return ["nsenter", *(f"{HOST_NAMESPACES[kind]}={self.ns(kind)}" for kind in kinds), "--"]
+
+
+class Lab:
+    def __init__(self, name, hosts, gateway=None):
+        """hosts: {hostname: (address as CIDR, interface name)}; gateway: CIDR of the bridge."""
+        if not PLAIN_NAME.match(name):
+            raise LabError(f"lab_name {name!r} must be a plain name (letters, digits, '_', '.', '-')")
+        self.name = name
+        self.dir = os.path.join(LAB_ROOT, name)
+        self.hosts = {}
+        for host, (address, ifname) in hosts.items():
+            _check_host(host, address, ifname)
+            self.hosts[host] = LabHost(host, address, ifname, os.path.join(self.dir, host))
+        if gateway is None and self.hosts:
+            network = ipaddress.IPv4Interface(next(iter(self.hosts.values())).address).network
+            gateway = f"{next(network.hosts())}/{network.prefixlen}"
+        self.gateway = gateway
+        if gateway is not None:
+            _check_gateway(gateway, self.hosts.values())
+
+    @classmethod
+    def from_inventory(cls, path):
+        """The lab of the hosts with lab_address in an inventory (any format ansible-inventory reads)."""
+        ansible_inventory = shutil.which("ansible-inventory") or os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
+        done = run([ansible_inventory, "-i", str(path), "--list"])
+        hostvars = json.loads(done.stdout).get("_meta", {}).get("hostvars", {})
+        lab_hosts = {host: hv for host, hv in sorted(hostvars.items()) if hv.get("lab_address")}
+        if not lab_hosts:
+            raise LabError(f"{path}: no host has lab_address")
+        names = {hv.get("lab_name", DEFAULT_LAB_NAME) for hv in lab_hosts.values()}
+        gateways = {hv.get("lab_gateway") for hv in lab_hosts.values()}
+        if len(names) > 1 or len(gateways) > 1:
+            raise LabError(f"{path}: lab_name and lab_gateway must be the same for every lab host")
+        hosts = {host: (hv["lab_address"], hv.get("lab_ifname", DEFAULT_IFNAME)) for host, hv in lab_hosts.items()}
+        return cls(names.pop(), hosts, gateway=gateways.pop())
+
+    @property
+    def lan_namespace(self):
+        return os.path.join(self.dir, LAN_DIR, "net")
+
+    def _in_lan(self, *argv, check=True):
+        return run(["nsenter", f"--net={self.lan_namespace}", "--", *argv], check=check)
+
+    # Building
+
+    def up(self):
+        """Build whatever is missing; return a list of what was made (empty: it was already up)."""
+        if not self.hosts:
+            raise LabError(f"lab {self.name} has no hosts to build")
+        made = []
+        os.makedirs(NETNS_RUN_DIR, exist_ok=True)  # the mount point of the hosts' private /run/netns
+        os.makedirs(self.dir, exist_ok=True)
+        if self.dir not in {m.point for m in mount_table()}:
+            # Mount namespace files may only be bound on a mount that does not propagate.
+            run(["mount", "--bind", self.dir, self.dir])
+            made.append(f"lab directory {self.dir}")
+        run(["mount", "--make-private", self.dir])
+        if not self._lan_is_up():
+            self._build_lan()
+            made.append(f"LAN {self.gateway} on {BRIDGE}")
+        for host in self.hosts.values():
+            if not self._host_is_up(host):
+                self._build_host(host)
+                made.append(f"host {host.name} ({host.address} on {host.ifname})")
+        return made
+
+    def _bound(self, paths):
+        """Which of paths have a namespace bound on them."""
+        bound = bound_namespaces(mount_table(), self.dir)
+        return [path in bound for path in paths]
+
+    def _lan_is_up(self):
+        if not all(self._bound([self.lan_namespace])):
+            return False
+        bridge = self._in_lan("ip", "-j", "addr", "show", "dev", BRIDGE, check=False)
+        return bridge.returncode == 0 and _has_address(json.loads(bridge.stdout)[0], self.gateway)
+
+    def _build_lan(self):
+        if not all(self._bound([self.lan_namespace])):
+            self._make_namespaces({"net": self.lan_namespace}, "ip link set lo up")
+        if self._in_lan("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+            self._in_lan("ip", "link", "add", BRIDGE, "type", "bridge")
+        self._in_lan("ip", "addr", "replace", self.gateway, "dev", BRIDGE)
+        self._in_lan("ip", "link", "set", BRIDGE, "up")
+
+    def _host_namespaces_are_up(self, host):
+        if not all(self._bound([host.ns(kind) for kind in HOST_NAMESPACES])):
+            return False
+        mounts = {(m.point, m.fstype) for m in mount_table(host.ns("mnt"))}
+        return {(NETNS_RUN_DIR, "tmpfs"), ("/sys", "sysfs")} <= mounts
+
+    def _host_is_up(self, host):
+        if not self._host_namespaces_are_up(host):
+            return False
+        port = self._in_lan("ip", "-j", "link", "show", "dev", host.lan_port, check=False)
+        if port.returncode != 0 or json.loads(port.stdout)[0].get("master") != BRIDGE:
+            return False
+        inside = run([*host.nsenter(["net"]), "ip", "-j", "addr", "show", "dev", host.ifname], check=False)
+        if inside.returncode != 0 or not _has_address(json.loads(inside.stdout)[0], host.address):
+            return False
+        routes = json.loads(run([*host.nsenter(["net"]), "ip", "-j", "route", "show", "default"]).stdout)
+        return [route.get("gateway") for route in routes] == [self._gateway_ip]
+
+    @property
+    def _gateway_ip(self):
+        return str(ipaddress.IPv4Interface(self.gateway).ip)
+
+    def _build_host(self, host):
+        if not self._host_namespaces_are_up(host):
+            # Missing or half made (an interrupted up): make the host's namespaces anew.
+            files = [host.ns(kind) for kind in HOST_NAMESPACES]
+            self._unmount([path for path, bound in zip(files, self._bound(files)) if bound])
+            self._make_namespaces({kind: host.ns(kind) for kind in HOST_NAMESPACES}, 'hostname "$1"', host.name)
+            run([*host.nsenter(["net", "mnt"]), "sh", "-ec", HOST_MOUNTS_SCRIPT])
+        net = host.nsenter(["net"])
+        if run([*net, "ip", "link", "show", host.ifname], check=False).returncode != 0:
+            self._in_lan("ip", "link", "del", host.lan_port, check=False)  # a stale end, if any
+            # Made inside the lan namespace: the machine's own namespace never sees the pair.
+            self._in_lan("ip", "link", "add", host.lan_port, "type", "veth",
+                         "peer", "name", host.ifname, "netns", host.ns("net"))
+        self._in_lan("ip", "link", "set", host.lan_port, "master", BRIDGE, "up")
+        run([*net, "ip", "link", "set", "lo", "up"])
+        run([*net, "ip", "addr", "replace", host.address, "dev", host.ifname])
+        run([*net, "ip", "link", "set", host.ifname, "up"])
+        run([*net, "ip", "route", "replace", "default", "via", self._gateway_ip])
+
+    @staticmethod
+    def _make_namespaces(files, script, *script_args):
+        """Make new namespaces pinned by bind mounts on files ({kind: path}); run a shell script in them."""
+        for path in files.values():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8"):
+                pass  # a bind mount needs an existing file to land on
+        flags = [f"{HOST_NAMESPACES[kind]}={path}" for kind, path in files.items()]
+        run(["unshare", *flags, "--propagation", "private", "--", "sh", "-ec", script, "sh", *script_args])
+
+    # Tearing down
+
+    def down(self):
+        """Remove everything of the lab, whatever state it is in; return a list of what was removed."""
+        removed = []
+        inodes = self.namespace_inodes()
+        killed = self._kill_processes(inodes)
+        if killed:
+            removed.append(f"{killed} processes")
+        mounts = mount_table()
+        removed += sorted({os.path.relpath(os.path.dirname(p), self.dir) for p in bound_namespaces(mounts, self.dir)})
+        self._unmount([m.point for m in mounts if is_under(m.point, self.dir)])
+        if os.path.isdir(self.dir):
+            # Removing the files also detaches the copies of their mounts that other mount
+            # namespaces made while the lab was up (other labs' hosts, `unshare -m`...),
+            # which would keep the lab's namespaces alive.
+            shutil.rmtree(self.dir)
+            removed.append(f"directory {self.dir}")
+        try:
+            os.rmdir(LAB_ROOT)  # only when no other lab is left
+        except OSError:
+            pass
+        pinning = processes_pinning(inodes)
+        if pinning:
+            # Left alone: a namespace file bound elsewhere (not under the lab's directory)
+            # keeps its namespace alive until it is unmounted there.
+            removed.append(f"warning: the mount namespaces of processes {pinning} still pin lab namespaces")
+        return removed
+
+    @staticmethod
+    def _unmount(points):
+        """Unmount mount points, deepest first, including mounts stacked on the same point."""
+        for point in sorted(points, key=len, reverse=True):
+            while point in {m.point for m in mount_table()}:
+                run(["umount", point])
+
+    def namespace_inodes(self):
+        """The lab's namespaces, and those under /run/netns in its hosts' mount namespaces (ns1...)."""
+        lab_files = bound_namespaces(mount_table(), self.dir)
+        inodes = set(lab_files.values())
+        for path in lab_files:
+            if os.path.basename(path) == "mnt":
+                inodes.update(bound_namespaces(mount_table(path), NETNS_RUN_DIR).values())
+        return inodes
+
+    def _kill_processes(self, inodes):
+        """SIGKILL every process in one of the namespaces (inodes) until none is left; return how many."""
+        killed = set()
+        deadline = time.monotonic() + 10
+        while inodes:
+            victims = [pid for pid in _pids() if pid != os.getpid() and process_namespaces(pid) & inodes]
+            if not victims:
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"processes keep running in lab {self.name}: {victims}")
+            for pid in victims:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        return len(killed)
+
+    # Using
+
+    def status(self):
+        """A few lines that say what of the lab is up."""
+        lines = [f"lab {self.name} ({self.dir}): LAN {self.gateway} {'up' if self._lan_is_up() else 'down'}"]
+        for host in self.hosts.values():
+            state = "up" if self._host_is_up(host) else "down"
+            lines.append(f"  {host.name:<16} {host.address:<20} {host.ifname:<8} {state}")
+        return "\n".join(lines)
+
+    def command(self, host, argv):
+        """argv prefixed so that it runs in a lab host's namespaces (for Popen and friends)."""
+        return self.hosts[host].nsenter() + list(argv)
+
+    def exec(self, host, argv, **kwargs):
+        """Run argv in a lab host's namespaces; return the CompletedProcess (text output, never raises on failure)."""
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("check", False)
+        if "capture_output" not in kwargs:
+            kwargs.setdefault("stdout", subprocess.PIPE)
+            kwargs.setdefault("stderr", subprocess.PIPE)
+        return subprocess.run(self.command(host, argv), **kwargs)  # pylint: disable=subprocess-run-check
+
+
+def _check_host(name, address, ifname):
+    if not PLAIN_NAME.match(name) or name == LAN_DIR:
+        raise LabError(f"lab host {name!r}: the name must be a plain hostname other than {LAN_DIR!r}")
+    try:
+        ipaddress.IPv4Interface(address)
+    except ValueError as exc:
+        raise LabError(f"lab host {name}: lab_address {address!r} is not an IPv4 address/prefix") from exc
+    if "/" not in address:
+        raise LabError(f"lab host {name}: lab_address {address!r} needs a prefix length")
+    if not 0 < len(ifname) <= IFNAMSIZ or "/" in ifname or " " in ifname:
+        raise LabError(f"lab host {name}: lab_ifname {ifname!r} is not an interface name")
+
+
+def _check_gateway(gateway, hosts):
+    try:
+        gateway_ip = ipaddress.IPv4Interface(gateway).ip
+    except ValueError as exc:
+        raise LabError(f"lab_gateway {gateway!r} is not an IPv4 address/prefix") from exc
+    for host in hosts:
+        address = ipaddress.IPv4Interface(host.address)
+        if gateway_ip not in address.network or gateway_ip == address.ip:
+            raise LabError(f"lab host {host.name}: {host.address} cannot reach the gateway {gateway}")
+
+
+def _has_address(link, cidr):
+    """Whether an `ip -j addr` link is up and has the address cidr."""
+    wanted = ipaddress.IPv4Interface(cidr)
+    addresses = {ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}") for a in link.get("addr_info", []) if a.get("family") == "inet"}
+    return "UP" in link.get("flags", []) and wanted in addresses
+
+
+def processes_pinning(inodes):
+    """Processes (one per mount namespace) whose mount namespace has a file of one of the namespaces mounted."""
+    markers = [f":[{inode}]" for inode in inodes]  # the root field of a namespace file mount: net:[4026532177]
+    seen, pinning = set(), []
+    for pid in _pids():
+        mount_namespace = process_namespaces(pid, ["mnt"])
+        if not markers or not mount_namespace or mount_namespace & seen:
+            continue
+        seen |= mount_namespace
+        try:
+            with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as mountinfo:
+                if any(marker in line for line in mountinfo for marker in markers):
+                    pinning.append(pid)
+        except OSError:
+            continue  # gone meanwhile
+    return pinning
+
+
+def _pids():
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("-i", "--inventory", help="an Ansible inventory with lab hosts")
+    parser.add_argument("--lab", help="a lab name (for down, without an inventory)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("must run as root (it makes namespaces and mounts)")
+    try:
+        if args.inventory:
+            lab = Lab.from_inventory(args.inventory)
+        elif args.lab and args.action == "down":
+            lab = Lab(args.lab, {})
+        else:
+            parser.error("give -i INVENTORY (or --lab NAME with down)")
+        if args.action == "up":
+            made = lab.up()
+            print(f"lab {lab.name}: " + ("made " + "; ".join(made) if made else "already up, nothing changed"))
+        elif args.action == "down":
+            removed = lab.down()
+            print(f"lab {lab.name}: " + ("removed " + "; ".join(removed) if removed else "nothing to remove"))
+        else:
+            print(lab.status())
+    except LabError as exc:
+        print(f"nslab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
