@@ -90,6 +90,32 @@ options:
       - Mutually exclusive with O(name).
     type: list
     elements: dict
+    suboptions:
+      name:
+        description: As O(name). Required.
+        type: str
+      protocol:
+        description: As O(protocol).
+        type: str
+        choices: [tcp, udp, icmp]
+      port:
+        description: As O(port).
+        type: int
+      to_address:
+        description: As O(to_address).
+        type: str
+      to_port:
+        description: As O(to_port).
+        type: int
+      destination:
+        description: As O(destination).
+        type: str
+      in_interface:
+        description: As O(in_interface).
+        type: str
+      local:
+        description: As O(local); unset takes the module's O(local).
+        type: bool
   exclusive:
     description:
       - Remove every mapping the collection owns on the host that is not named here, so that the host converges
@@ -178,7 +204,9 @@ mappings:
   type: dict
   sample:
     http-web:
-      - -A NETNS-EXPOSE -d 10.211.55.122/32 -i eth0 -p tcp -m tcp --dport 8090 -m comment --comment "netns.expose:http-web" -j DNAT --to-destination 10.244.1.2:9090
+      - >-
+        -A NETNS-EXPOSE -d 10.211.55.122/32 -i eth0 -p tcp -m tcp --dport 8090
+        -m comment --comment "netns.expose:http-web" -j DNAT --to-destination 10.244.1.2:9090
 iptables:
   description: The iptables variant used.
   returned: always

@@ -70,8 +70,8 @@ def test_the_slave_reaches_each_service_only_through_its_mapping(services, run_m
     assert not added["failed"], added
     assert reachable(lab) == {"tcp": REPLY, "udp": "echo:hello", "icmp": True}
 
-    removed = run_module("master", "netns.expose.dnat_rule", {"rules": [{"name": m["name"]} for m in MAPPINGS],
-                                                             "state": "absent"})
+    names = [{"name": mapping["name"]} for mapping in MAPPINGS]
+    removed = run_module("master", "netns.expose.dnat_rule", {"rules": names, "state": "absent"})
     assert not removed["failed"], removed
     assert reachable(lab) == {"tcp": None, "udp": None, "icmp": None}, "reachable after the mappings were removed"
 

@@ -183,7 +183,7 @@ PARTIAL_STATES = {
 @pytest.mark.parametrize("case", sorted(PARTIAL_STATES), ids=sorted(PARTIAL_STATES))
 def test_partial_state_converges_changing_only_what_differs(lab, master, run_module, python, case):
     if PARTIAL_STATES[case][0] == "converged":
-        _, breakage, expected = PARTIAL_STATES[case]
+        breakage, expected = PARTIAL_STATES[case][1:]
         assert not veth(run_module, python, mtu=1500).get("failed")
     else:
         breakage, expected = PARTIAL_STATES[case]

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The recipe's demo service: any GET answers the same small JSON document.
 
 Usage: demo_service.py [PORT] (default 9090, on every address of its namespace).

@@ -194,7 +194,8 @@ def test_ip_forward_reset_by_hand_is_turned_on_again():
 @pytest.mark.parametrize("drift, expected", [
     (lambda text: text.replace(WEB.forward_rule() + "\n", ""), "restore missing rules of mapping web (tcp 8090 -> 10.244.1.2:9090)"),
     (lambda text: text.replace("--dport 8090", "--dport 8099", 1), "update mapping web (tcp 8090 -> 10.244.1.2:9090)"),
-    (lambda text: text.replace('-A PREROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE\n', ""), "update the netns.expose chains and the jumps to them"),
+    (lambda text: text.replace('-A PREROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE\n', ""),
+     "update the netns.expose chains and the jumps to them"),
 ])
 def test_drift_is_repaired_with_exactly_what_is_missing(drift, expected):
     plan, fake = plan_of(spec([WEB]), drift(save_with([WEB], ip_forward_mark=True)), ip_forward=1)
