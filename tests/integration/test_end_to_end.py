@@ -32,8 +32,9 @@ def services(lab, ansible):
     sh(lab, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
     try:
         assert not ansible.run_module("master", "netns.expose.netns_veth", VETH)["failed"]
-        for argv in (["python3", str(DEMO_SERVICE), "9090"], ["python3", str(UDP_ECHO), "serve", "5353"]):
-            sh(lab, "setsid", "-f", "ip", "netns", "exec", "ns1", *argv)
+        for service in (f"python3 {DEMO_SERVICE} 9090", f"python3 {UDP_ECHO} serve 5353"):
+            # Detached from our pipes, or waiting for its output would never end.
+            sh(lab, "sh", "-c", f"setsid -f ip netns exec ns1 {service} </dev/null >/dev/null 2>&1")
         # Both listen before the tests start.
         sh(lab, "sh", "-c", "for i in $(seq 50); do ip netns exec ns1 ss -Hltun | grep -q ':9090' && "
                             "ip netns exec ns1 ss -Hlun | grep -q ':5353' && exit 0; sleep 0.1; done; exit 1")
