@@ -84,3 +84,22 @@ def test_each_mapping_carries_only_its_own_protocol(services, run_module):
         assert reachable(lab) == {"tcp": REPLY, "udp": None, "icmp": None}
     finally:
         run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent"})
+
+
+def from_master(lab):
+    """curl on the master itself to its own LAN address and the mapped port: the reply, or None."""
+    http = lab.exec("master", ["curl", "-s", "-m", "3", "http://10.211.55.122:8090/"])
+    return http.stdout if http.returncode == 0 else None
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_local_maps_connections_that_start_on_the_master(services, run_module, local):
+    lab = services
+    web = {**MAPPINGS[0], "local": local}
+    try:
+        assert not run_module("master", "netns.expose.dnat_rule", web)["failed"]
+        assert reachable(lab)["tcp"] == REPLY
+        assert from_master(lab) == (REPLY if local else None)
+    finally:
+        run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent"})
+    assert from_master(lab) is None
