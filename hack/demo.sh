@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
-# The demo: builds a local lab (a master and a slave made of namespaces),
-# configures the master and shows the result from the slave.
-#   bash hack/demo.sh          build (or rebuild) and run; safe to run again
-#   bash hack/demo.sh --down   tear the lab down
+# The demo: builds a local lab (master 10.211.55.122 on eth0 and slave
+# 10.211.55.123, made of namespaces on this machine), runs playbooks/expose.yml
+# with the demo service on the master, then playbooks/verify.yml from the slave,
+# whose summary shows the JSON the slave received.
+#   bash hack/demo.sh          build (or keep) the lab and run both playbooks; safe to run again
+#   bash hack/demo.sh --down   remove the services, then tear the lab down
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bash "$here/bootstrap.sh"
 source "$here/env.sh"
-inventory="$repo/tests/lab/inventory.yml"
+cd "$repo"
+inventory=tests/lab/inventory.yml
 
 if [ "${1:-}" = "--down" ]; then
-  python "$repo/tests/lab/nslab.py" down -i "$inventory"
+  # Remove the services first where the master is up (taking the lab down removes them anyway).
+  if python tests/lab/nslab.py status -i "$inventory" | grep -Eq '^  master +.* up$'; then
+    ansible-playbook -i "$inventory" playbooks/expose.yml -e expose_state=absent
+  fi
+  python tests/lab/nslab.py down -i "$inventory"
   exit 0
 fi
-python "$repo/tests/lab/nslab.py" up -i "$inventory"
-ansible-playbook -i "$inventory" "$here/demo.yml"
+python tests/lab/nslab.py up -i "$inventory"
+ansible-playbook -i "$inventory" playbooks/expose.yml
+ansible-playbook -i "$inventory" playbooks/verify.yml
 echo
-echo "The lab is still up. Tear it down with: bash hack/demo.sh --down"
+echo "The slave reached the demo service in the master's ns1 through 10.211.55.122:8090 (see the reply column above)."
+echo "The lab is still up; try, from the slave:"
+echo "  source hack/env.sh; ansible -i $inventory slave -m ansible.builtin.uri -a 'url=http://10.211.55.122:8090/ return_content=true'"
+echo "Tear it down with: bash hack/demo.sh --down"

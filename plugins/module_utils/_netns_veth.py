@@ -7,12 +7,16 @@ The view that the diff shows is also what the planner reasons on: each step
 records its effect on the view, and later steps look at the view as the
 earlier steps leave it (a link moved into a namespace loses its addresses and
 goes down, for example).
+
+A run declares one pair (the top-level options) or a batch (`pairs`). A batch
+has one plan whose view holds each pair's view under its netns; the per-pair
+planners work on their part of it through a _PairScope.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from ansible_collections.netns.expose.plugins.module_utils._netlink import netns_run_dir
@@ -32,6 +36,10 @@ VETH_DEFAULT_MTU = 1500
 MTU_MIN, MTU_MAX = 68, 65535
 
 
+# The options of one pair: the module's top-level ones, or the keys of a `pairs` entry.
+PAIR_FIELDS = ("netns", "ns_ifname", "host_ifname", "ns_address", "host_address", "default_route", "mtu")
+
+
 @dataclass(frozen=True)
 class VethSpec:
     netns: str
@@ -42,37 +50,102 @@ class VethSpec:
     default_route: bool
     mtu: int | None
     state: str
+    # How messages name this pair's options: "" for the top-level pair, "pairs[3]." in a batch.
+    # Not part of the pair: two entries that declare the same pair are equal.
+    prefix: str = field(default="", compare=False)
 
     @classmethod
-    def from_params(cls, params):
-        """Validate module parameters; raises InvalidInput naming the option."""
-        ns_ifname = check_ifname("ns_ifname", params["ns_ifname"])
-        host_ifname = check_ifname("host_ifname", params["host_ifname"])
+    def from_params(cls, params, prefix=""):
+        """Validate one pair's options; raises InvalidInput naming the option (after `prefix`)."""
+        for name in ("netns", "ns_ifname", "host_ifname"):
+            if params.get(name) is None:
+                raise InvalidInput(f"{prefix}{name}", "is required")
+        ns_ifname = check_ifname(f"{prefix}ns_ifname", params["ns_ifname"])
+        host_ifname = check_ifname(f"{prefix}host_ifname", params["host_ifname"])
         if ns_ifname == host_ifname:
-            raise InvalidInput("ns_ifname", f"must differ from host_ifname (both are {ns_ifname!r})")
+            raise InvalidInput(f"{prefix}ns_ifname", f"must differ from host_ifname (both are {ns_ifname!r})")
         mtu = params.get("mtu")
         if mtu is not None and not MTU_MIN <= mtu <= MTU_MAX:
-            raise InvalidInput("mtu", f"{mtu} is outside {MTU_MIN}..{MTU_MAX}")
+            raise InvalidInput(f"{prefix}mtu", f"{mtu} is outside {MTU_MIN}..{MTU_MAX}")
         ns_address = host_address = None
         if params["state"] == "present":
-            ns_address = parse_ipv4_interface("ns_address", params["ns_address"])
-            host_address = parse_ipv4_interface("host_address", params["host_address"])
+            for name in ("ns_address", "host_address"):
+                if params.get(name) is None:
+                    raise InvalidInput(f"{prefix}{name}", "is required when state=present")
+            ns_address = parse_ipv4_interface(f"{prefix}ns_address", params["ns_address"])
+            host_address = parse_ipv4_interface(f"{prefix}host_address", params["host_address"])
             if ns_address.network != host_address.network:
                 raise InvalidInput(
-                    "host_address",
+                    f"{prefix}host_address",
                     f"{host_address} is not in the subnet of ns_address {ns_address} ({ns_address.network})",
                 )
             if ns_address.ip == host_address.ip:
-                raise InvalidInput("host_address", f"{host_address.ip} is also ns_address; the two ends need different addresses")
+                raise InvalidInput(
+                    f"{prefix}host_address", f"{host_address.ip} is also ns_address; the two ends need different addresses"
+                )
+        default_route = params.get("default_route")
         return cls(
-            netns=check_netns_name("netns", params["netns"]),
+            netns=check_netns_name(f"{prefix}netns", params["netns"]),
             ns_ifname=ns_ifname,
             host_ifname=host_ifname,
             ns_address=ns_address,
             host_address=host_address,
-            default_route=params.get("default_route", True),
+            default_route=True if default_route is None else default_route,
             mtu=mtu,
             state=params["state"],
+            prefix=prefix,
+        )
+
+
+def specs_from_params(params):
+    """The declared pairs, one per entry in input order: the top-level pair, or each of `pairs`.
+
+    An entry that declares the same pair as an earlier one gets an equal spec (the
+    pair is planned once); entries that would fight over a name, a namespace or a
+    subnet are refused, naming the later entry's option.
+    """
+    if params.get("pairs") is None:
+        return [VethSpec.from_params(params)]
+    specs, distinct = [], []
+    for index, entry in enumerate(params["pairs"]):
+        spec = VethSpec.from_params({**entry, "state": params["state"]}, prefix=f"pairs[{index}].")
+        if spec not in distinct:
+            for other in distinct:
+                _check_pairs_apart(spec, other)
+            distinct.append(spec)
+        specs.append(spec)
+    return specs
+
+
+def _shown(value):
+    return "unset" if value is None else str(value)
+
+
+def _check_pairs_apart(spec, other):
+    """Refuse two different pairs of one batch that cannot both be as declared."""
+    where = other.prefix.rstrip(".")
+    if spec.netns == other.netns:
+        if spec.ns_ifname != other.ns_ifname:
+            # One pair per namespace: its default route goes via that pair.
+            raise InvalidInput(
+                f"{spec.prefix}netns",
+                f"{spec.netns!r} already holds the pair of {where} (ns_ifname {other.ns_ifname!r}); "
+                "a netns takes one pair, and entries that name it must declare the same pair",
+            )
+        differing = next(name for name in PAIR_FIELDS if getattr(spec, name) != getattr(other, name))
+        raise InvalidInput(
+            f"{spec.prefix}{differing}",
+            f"{where} declares {spec.ns_ifname!r} in netns {spec.netns!r} with {differing} "
+            f"{_shown(getattr(other, differing))}, this entry with {_shown(getattr(spec, differing))}; "
+            "entries that name the same pair must declare it the same way",
+        )
+    if spec.host_ifname == other.host_ifname:
+        raise InvalidInput(f"{spec.prefix}host_ifname", f"{spec.host_ifname!r} is also the host_ifname of {where}")
+    if spec.ns_address is not None and spec.ns_address.network.overlaps(other.ns_address.network):
+        # The host would have two routes to one subnet, one via each pair.
+        raise InvalidInput(
+            f"{spec.prefix}ns_address",
+            f"subnet {spec.ns_address.network} overlaps {other.ns_address.network}, the subnet of {where}",
         )
 
 
@@ -87,21 +160,28 @@ class Observed:
     default_gateway: str | None
 
 
-def read_state(netlink, spec):
+def read_state(netlink, spec, host_links=None):
+    """Read what the pair's plan needs; `host_links` is the host's links if already read."""
     state = netlink.netns_state(spec.netns)
     if state == "foreign":
         path = os.path.join(netns_run_dir(), spec.netns)
-        raise InvalidInput("netns", f"{path} exists but is not a network namespace")
+        raise InvalidInput(f"{spec.prefix}netns", f"{path} exists but is not a network namespace")
     present = state == "present"
     netns_links = netlink.links(spec.netns) if present else {}
     loopback = netns_links.get("lo")
     return Observed(
         netns_present=present,
         netns_owned=bool(loopback and loopback.alias == OWNER_MARK),
-        host_links=netlink.links(),
+        host_links=netlink.links() if host_links is None else host_links,
         netns_links=netns_links,
         default_gateway=netlink.default_gateway(spec.netns) if present else None,
     )
+
+
+def read_states(netlink, specs):
+    """read_state of each pair, with one read of the host's links for all of them."""
+    host_links = netlink.links()
+    return [read_state(netlink, spec, host_links) for spec in specs]
 
 
 # Where the pair stands: not there, both ends on the host, or ns end in the netns.
@@ -119,13 +199,15 @@ def classify_pair(spec, observed):
     if host_end is None:
         if ns_end is not None:
             raise InvalidInput(
-                "ns_ifname",
+                f"{spec.prefix}ns_ifname",
                 f"{spec.ns_ifname!r} already exists in netns {spec.netns!r} ({_device(ns_end)}) "
                 f"and is not paired with host_ifname {spec.host_ifname!r}",
             )
         return PAIR_ABSENT
     if host_end.kind != "veth":
-        raise InvalidInput("host_ifname", f"{spec.host_ifname!r} is already in use on the host by a {_device(host_end)}, not a veth")
+        raise InvalidInput(
+            f"{spec.prefix}host_ifname", f"{spec.host_ifname!r} is already in use on the host by a {_device(host_end)}, not a veth"
+        )
     if host_end.peer_in_other_netns:
         if (
             ns_end is not None
@@ -135,17 +217,17 @@ def classify_pair(spec, observed):
         ):
             return PAIR_PLACED
         raise InvalidInput(
-            "host_ifname",
+            f"{spec.prefix}host_ifname",
             f"{spec.host_ifname!r} is a veth whose peer is not {spec.ns_ifname!r} in netns {spec.netns!r}",
         )
     peer_on_host = observed.host_links.get(spec.ns_ifname)
     if peer_on_host is None or peer_on_host.index != host_end.peer_index:
         raise InvalidInput(
-            "host_ifname",
+            f"{spec.prefix}host_ifname",
             f"{spec.host_ifname!r} is a veth paired with another interface on the host, not {spec.ns_ifname!r}",
         )
     if ns_end is not None:
-        raise InvalidInput("ns_ifname", f"{spec.ns_ifname!r} is also the name of a {_device(ns_end)} in netns {spec.netns!r}")
+        raise InvalidInput(f"{spec.prefix}ns_ifname", f"{spec.ns_ifname!r} is also the name of a {_device(ns_end)} in netns {spec.netns!r}")
     return PAIR_SPLIT
 
 
@@ -186,11 +268,42 @@ def build_plan(netlink, spec, observed):
     pair = classify_pair(spec, observed)
     plan = Plan(describe(spec, observed, pair))
     plan.warnings = []
+    _plan_pair(netlink, spec, observed, pair, plan)
+    return plan
+
+
+def build_batch_plan(netlink, specs, observed):
+    """One plan for distinct pairs (one per netns); its view holds each pair's view under its netns."""
+    # Every pair is classified before any is planned: a refusal comes before any step exists.
+    pairs = [classify_pair(spec, seen) for spec, seen in zip(specs, observed)]
+    plan = Plan({spec.netns: describe(spec, seen, pair) for spec, seen, pair in zip(specs, observed, pairs)})
+    plan.warnings = []
+    for spec, seen, pair in zip(specs, observed, pairs):
+        _plan_pair(netlink, spec, seen, pair, _PairScope(plan, spec.netns))
+    return plan
+
+
+class _PairScope:
+    """One pair's part of a batch plan, as the per-pair planners use a plan: `after`, `add` and `warnings`."""
+
+    def __init__(self, plan, key):
+        self._plan = plan
+        self._key = key
+        self.warnings = plan.warnings
+
+    @property
+    def after(self):
+        return self._plan.after[self._key]
+
+    def add(self, description, apply, effects=None):
+        self._plan.add(description, apply, {(self._key, *path): value for path, value in (effects or {}).items()})
+
+
+def _plan_pair(netlink, spec, observed, pair, plan):
     if spec.state == "present":
         _plan_present(netlink, spec, observed, pair, plan)
     else:
         _plan_absent(netlink, spec, observed, pair, plan)
-    return plan
 
 
 def _create_netns(netlink, name):
@@ -326,3 +439,40 @@ def interfaces_report(view, observed):
             "operstate": link.operstate.lower() if link else None,
         }
     return report
+
+
+class VethRun:
+    """One module call: the declared pairs, the host as read, and the one plan of the call.
+
+    Reading and planning refuse bad input and conflicting host state (InvalidInput)
+    before anything changes; `plan.apply()` makes the changes.
+    """
+
+    def __init__(self, netlink, params):
+        self.netlink = netlink
+        self.batch = params.get("pairs") is not None
+        self.specs = specs_from_params(params)
+        self.distinct = list(dict.fromkeys(self.specs))
+        self.observed = read_states(netlink, self.distinct)
+        if self.batch:
+            self.plan = build_batch_plan(netlink, self.distinct, self.observed)
+        else:
+            self.plan = build_plan(netlink, self.distinct[0], self.observed[0])
+
+    def _predicted(self, spec):
+        return self.plan.after[spec.netns] if self.batch else self.plan.after
+
+    def outputs(self, applied):
+        """`interfaces` for the single pair, or `pairs` (one per entry, in input order) for a batch.
+
+        After a run the ends are read back from the host; in check mode they are the plan's prediction.
+        """
+        if applied:
+            final = read_states(self.netlink, self.distinct)
+            views = [describe(spec, seen, classify_pair(spec, seen)) for spec, seen in zip(self.distinct, final)]
+        else:
+            final, views = self.observed, [self._predicted(spec) for spec in self.distinct]
+        reports = {spec: interfaces_report(view, seen) for spec, view, seen in zip(self.distinct, views, final)}
+        if self.batch:
+            return {"pairs": [reports[spec] for spec in self.specs]}
+        return {"interfaces": reports[self.specs[0]]}

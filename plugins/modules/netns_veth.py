@@ -19,6 +19,9 @@ description:
     points elsewhere, and an MTU that differs.
   - Refuses, before changing anything, names that are already used by something else, such as a physical
     interface called like O(host_ifname) or a file in C(/run/netns) that is not a namespace.
+  - Takes one pair as top-level options, or a list of them in O(pairs), converged in one call with one plan;
+    C(changed), RV(actions), the diff and check mode cover every pair, and nothing changes unless every entry
+    is valid and every pair can be made as declared.
 author:
   - netns.expose maintainers (@netns-expose)
 extends_documentation_fragment:
@@ -36,19 +39,19 @@ requirements:
 options:
   netns:
     description:
-      - Name of the network namespace, a plain file name under C(/run/netns).
+      - Name of the network namespace of the single pair, a plain file name under C(/run/netns).
+      - Required unless O(pairs) is given; O(pairs) and the single pair's options are mutually exclusive.
     type: str
-    required: true
   ns_ifname:
     description:
       - Name of the veth end inside O(netns). At most 15 characters, without V(/), V(:) or whitespace.
+      - Required with O(netns).
     type: str
-    required: true
   host_ifname:
     description:
       - Name of the veth end in the host namespace. Same rules as O(ns_ifname), and it must differ from it.
+      - Required with O(netns).
     type: str
-    required: true
   ns_address:
     description:
       - IPv4 address with prefix length (CIDR) of the end inside the namespace, for example V(10.244.1.2/24).
@@ -69,11 +72,51 @@ options:
     description:
       - MTU of both ends. When unset, a new pair gets the kernel default (1500) and an existing one keeps its MTU.
     type: int
+  pairs:
+    description:
+      - A list of pairs converged in one call. Each entry takes the keys of the single pair's options
+        (O(netns), O(ns_ifname), O(host_ifname), O(ns_address), O(host_address), O(default_route), O(mtu)),
+        with the same rules; O(state) applies to every entry.
+      - A namespace holds one pair (its default route goes via that pair). An entry may repeat an earlier entry
+        exactly, as services that share a namespace do; the pair is then made once, and RV(pairs) has a result
+        for each entry.
+      - Two entries with the same O(pairs[].netns) that differ in any option are refused before anything changes,
+        as are two pairs with the same O(pairs[].host_ifname) and two pairs whose subnets overlap. Messages name
+        the entry and its option, as in C(pairs[3].ns_address).
+      - The actions of every pair are listed pair by pair, in the order of the entries; each names the pair's
+        namespace or its host end. The diff holds each pair's before and after under its namespace's name.
+      - Mutually exclusive with the single pair's options. An empty list changes nothing.
+    type: list
+    elements: dict
+    suboptions:
+      netns:
+        description: As O(netns). Required.
+        type: str
+      ns_ifname:
+        description: As O(ns_ifname). Required.
+        type: str
+      host_ifname:
+        description: As O(host_ifname). Required.
+        type: str
+      ns_address:
+        description: As O(ns_address). Required when O(state=present).
+        type: str
+      host_address:
+        description: As O(host_address). Required when O(state=present).
+        type: str
+      default_route:
+        description: As O(default_route).
+        type: bool
+        default: true
+      mtu:
+        description: As O(mtu).
+        type: int
   state:
     description:
       - V(present) makes the namespace and pair exist as declared.
       - V(absent) deletes the pair, and the namespace too if this module created it and nothing else is left in it.
         A namespace the module did not create (or that still holds other interfaces) is kept.
+      - With O(pairs), applies to every entry; with V(absent) only the names of each entry are needed.
     type: str
     choices: [present, absent]
     default: present
@@ -113,6 +156,22 @@ EXAMPLES = r"""
     ns_ifname: veth1a
     host_ifname: veth1b
     state: absent
+
+- name: Three services, three namespaces, one call
+  netns.expose.netns_veth:
+    pairs:
+      - {netns: web, ns_ifname: web0, host_ifname: veth-web, ns_address: 10.244.1.2/24, host_address: 10.244.1.3/24}
+      - {netns: dns, ns_ifname: dns0, host_ifname: veth-dns, ns_address: 10.244.2.2/24, host_address: 10.244.2.3/24}
+      - {netns: db, ns_ifname: db0, host_ifname: veth-db, ns_address: 10.244.3.2/24, host_address: 10.244.3.3/24,
+         default_route: false, mtu: 1400}
+
+- name: Remove them, and the namespaces this module made, in one call
+  netns.expose.netns_veth:
+    pairs:
+      - {netns: web, ns_ifname: web0, host_ifname: veth-web}
+      - {netns: dns, ns_ifname: dns0, host_ifname: veth-dns}
+      - {netns: db, ns_ifname: db0, host_ifname: veth-db}
+    state: absent
 """
 
 RETURN = r"""
@@ -133,7 +192,7 @@ interfaces:
   description:
     - The two ends as they are after the run (in check mode, as the run would leave them; C(index) and C(mac)
       are then null for links that do not exist yet). An end that does not exist is null.
-  returned: always
+  returned: when O(pairs) is not given
   type: dict
   contains:
     host_end:
@@ -153,6 +212,27 @@ interfaces:
       description: The end in the namespace; same keys as RV(interfaces.host_end).
       type: dict
       returned: always
+pairs:
+  description:
+    - With O(pairs), the RV(interfaces) of each entry, in the order of the entries (an entry that repeats
+      another gets the same result).
+  returned: when O(pairs) is given
+  type: list
+  elements: dict
+  contains:
+    host_end:
+      description: The end in the host namespace, as RV(interfaces.host_end).
+      type: dict
+      returned: always
+    ns_end:
+      description: The end in the namespace, as RV(interfaces.host_end).
+      type: dict
+      returned: always
+  sample:
+    - host_end: {name: veth-web, netns: null, index: 7, mac: "6e:1f:3a:00:11:22", mtu: 1500,
+                 addresses: [10.244.1.3/24], state: up, operstate: up}
+      ns_end: {name: web0, netns: web, index: 2, mac: "6e:1f:3a:00:11:23", mtu: 1500,
+               addresses: [10.244.1.2/24], state: up, operstate: up}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -162,31 +242,31 @@ from ansible_collections.netns.expose.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
     Netlink,
 )
-from ansible_collections.netns.expose.plugins.module_utils._netns_veth import (
-    VethSpec,
-    build_plan,
-    classify_pair,
-    describe,
-    interfaces_report,
-    read_state,
-)
+from ansible_collections.netns.expose.plugins.module_utils._netns_veth import VethRun
 from ansible_collections.netns.expose.plugins.module_utils._plan import PlanApplyError
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
+
+PAIR_OPTIONS = dict(
+    netns=dict(type="str"),
+    ns_ifname=dict(type="str"),
+    host_ifname=dict(type="str"),
+    ns_address=dict(type="str"),
+    host_address=dict(type="str"),
+    default_route=dict(type="bool", default=True),
+    mtu=dict(type="int"),
+)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            netns=dict(type="str", required=True),
-            ns_ifname=dict(type="str", required=True),
-            host_ifname=dict(type="str", required=True),
-            ns_address=dict(type="str"),
-            host_address=dict(type="str"),
-            default_route=dict(type="bool", default=True),
-            mtu=dict(type="int"),
+            PAIR_OPTIONS,
+            pairs=dict(type="list", elements="dict", options=PAIR_OPTIONS),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
-        required_if=[("state", "present", ("ns_address", "host_address"))],
+        # The other required options are checked with the rest of a pair, naming the option.
+        mutually_exclusive=[("pairs", option) for option in PAIR_OPTIONS],
+        required_one_of=[("netns", "pairs")],
         supports_check_mode=True,
     )
     if not HAS_PYROUTE2:
@@ -194,27 +274,22 @@ def main():
 
     with Netlink() as netlink:
         try:
-            spec = VethSpec.from_params(module.params)
-            observed = read_state(netlink, spec)
-            plan = build_plan(netlink, spec, observed)
+            run = VethRun(netlink, module.params)
         except InvalidInput as exc:
             module.fail_json(msg=str(exc))
 
-        if module.check_mode:
-            view, final = plan.after, observed
-        else:
+        if not module.check_mode:
             try:
-                plan.apply()
+                run.plan.apply()
             except PlanApplyError as exc:
                 module.fail_json(msg=str(exc), actions=exc.done, failed_action=exc.failed_step)
-            final = read_state(netlink, spec)
-            view = describe(spec, final, classify_pair(spec, final))
+        outputs = run.outputs(applied=not module.check_mode)
 
-    for warning in plan.warnings:
+    for warning in run.plan.warnings:
         module.warn(warning)
-    result = dict(changed=plan.changed, actions=plan.actions, interfaces=interfaces_report(view, final))
+    result = dict(changed=run.plan.changed, actions=run.plan.actions, **outputs)
     if module._diff:
-        result["diff"] = plan.diff
+        result["diff"] = run.plan.diff
     module.exit_json(**result)
 
 

@@ -10,6 +10,7 @@
 - run_playbook(path_or_text, extra_vars=None, check=False, diff=False) -> the whole run as a dict.
 - host_exec(host, argv, **kwargs) -> subprocess.CompletedProcess, argv run in a lab host.
 - make_lab(suffix) -> a further Lab (not built) with the same hosts, taken down after the test.
+- python -> each of the interpreters with pyroute2 0.7.x and 0.9.x, for tests that run on both.
 
 Ansible runs with the environment of hack/env.sh and the stdout callback in
 callback_plugins/lab_json.py, which prints the run as one JSON document.
@@ -183,6 +184,21 @@ class AnsibleRunner:
             raise AssertionError(f"no result for {host} in {json.dumps(run, indent=2)}") from None
         result.setdefault("failed", False)
         return result
+
+
+# The lab hosts share this machine's filesystem: the system Python has Debian's
+# python3-pyroute2 (0.7.x), the project venv has the current 0.9.x.
+INTERPRETERS = {"pyroute2-0.7": "/usr/bin/python3", "pyroute2-0.9": sys.executable}
+
+
+@pytest.fixture(params=sorted(INTERPRETERS), ids=sorted(INTERPRETERS))
+def python(request):
+    """The interpreter of a test run on a lab host, once with each pyroute2 version."""
+    interpreter = INTERPRETERS[request.param]
+    version = subprocess.run([interpreter, "-c", "import importlib.metadata as m; print(m.version('pyroute2'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version.startswith(request.param.split("-")[1]), f"{interpreter} has pyroute2 {version}"
+    return interpreter
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Running commands on the lab master and reading its netfilter state, for the tests."""
 from __future__ import annotations
 
+import json
 import re
 
 MASTER = "master"
@@ -48,3 +49,24 @@ def scrub_netfilter(lab):
             sh(lab, f"iptables-{variant}", "-t", table, "-X", "scrub")
         sh(lab, f"iptables-{variant}", "-P", "FORWARD", "ACCEPT")
     sh(lab, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+
+
+def snapshot(lab):
+    """Links, addresses, routes and namespaces of the master and of each of its namespaces."""
+
+    def view(prefix):
+        links = json.loads(sh(lab, *prefix, "ip", "-d", "-j", "link", "show"))
+        for link in links:
+            link.pop("operstate", None)  # settles asynchronously after a change
+        # IPv4 only: the kernel's IPv6 autoconfiguration (DAD) settles on its own time.
+        return {
+            "links": links,
+            "addresses": json.loads(sh(lab, *prefix, "ip", "-4", "-j", "addr", "show")),
+            "routes": json.loads(sh(lab, *prefix, "ip", "-4", "-j", "route", "show", "table", "all")),
+        }
+
+    namespaces = sorted(line.split()[0] for line in sh(lab, "ip", "netns", "list").splitlines())
+    state = {"host": view([]), "netns": namespaces}
+    for name in namespaces:
+        state[name] = view(["ip", "netns", "exec", name])
+    return state

@@ -28,14 +28,36 @@ def installed(tmp_path_factory):
 @pytest.mark.parametrize("plugin", [
     ["netns.expose.netns_veth"],
     ["netns.expose.dnat_rule"],
+    ["netns.expose.probe"],
     ["-t", "connection", "netns.expose.nsenter"],
+    ["-t", "filter", "netns.expose.services_plan"],
 ])
 def test_docs_render_from_the_installed_tarball(installed, plugin):
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(installed), "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false"}
-    done = subprocess.run([BIN / "ansible-doc", *plugin], env=env, capture_output=True, text=True, check=False)
+    done = run_installed(installed, "ansible-doc", *plugin)
     assert done.returncode == 0, done.stderr
     assert str(installed) in done.stdout, "documented from somewhere else than the install"
     assert "OPTIONS" in done.stdout and "EXAMPLES" in done.stdout
+
+
+def run_installed(installed, program, *argv):
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(installed), "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false"}
+    return subprocess.run([BIN / program, *argv], env=env, capture_output=True, text=True, check=False, cwd="/")
+
+
+def test_role_docs_render_from_the_installed_tarball(installed):
+    done = run_installed(installed, "ansible-doc", "-t", "role", "netns.expose.expose")
+    assert done.returncode == 0, done.stderr
+    for text in ("ENTRY POINT: *main*", "ENTRY POINT: *plan*", "expose_services", "expose_demo_service"):
+        assert text in done.stdout, text
+
+
+@pytest.mark.parametrize("playbook", ["netns.expose.expose", "netns.expose.verify"])
+def test_the_playbooks_run_as_collection_playbooks(installed, playbook, tmp_path):
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[masters]\nm1\n[slaves]\ns1\n", encoding="utf-8")
+    done = run_installed(installed, "ansible-playbook", "-i", str(inventory), playbook, "--list-tasks")
+    assert done.returncode == 0, done.stderr
+    assert "play #1 (masters)" in done.stdout
 
 
 def test_the_tarball_leaves_out_development_files(installed):

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-from master_host import MASTER, sh
+from master_host import MASTER, sh, snapshot
 
 ARGS = dict(
     netns="ns1",
@@ -20,9 +19,6 @@ ARGS = dict(
     host_address="10.244.1.3/24",
 )
 MODULE = "netns.expose.netns_veth"
-# The lab hosts share this machine's filesystem: the system Python has Debian's
-# python3-pyroute2 (0.7.x), the project venv has the current 0.9.x.
-INTERPRETERS = {"pyroute2-0.7": "/usr/bin/python3", "pyroute2-0.9": sys.executable}
 FULL_RECIPE = [
     "create netns ns1",
     "create veth pair veth1b <-> veth1a (in netns ns1)",
@@ -34,38 +30,8 @@ FULL_RECIPE = [
 ]
 
 
-@pytest.fixture(params=sorted(INTERPRETERS), ids=sorted(INTERPRETERS))
-def python(request):
-    interpreter = INTERPRETERS[request.param]
-    version = subprocess.run([interpreter, "-c", "import importlib.metadata as m; print(m.version('pyroute2'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    assert version.startswith(request.param.split("-")[1]), f"{interpreter} has pyroute2 {version}"
-    return interpreter
-
-
 def in_ns1(lab, *argv, check=True):
     return sh(lab, "ip", "netns", "exec", "ns1", *argv, check=check)
-
-
-def snapshot(lab):
-    """Links, addresses, routes and namespaces of the master and of each of its namespaces."""
-
-    def view(prefix):
-        links = json.loads(sh(lab, *prefix, "ip", "-d", "-j", "link", "show"))
-        for link in links:
-            link.pop("operstate", None)  # settles asynchronously after a change
-        # IPv4 only: the kernel's IPv6 autoconfiguration (DAD) settles on its own time.
-        return {
-            "links": links,
-            "addresses": json.loads(sh(lab, *prefix, "ip", "-4", "-j", "addr", "show")),
-            "routes": json.loads(sh(lab, *prefix, "ip", "-4", "-j", "route", "show", "table", "all")),
-        }
-
-    namespaces = sorted(line.split()[0] for line in sh(lab, "ip", "netns", "list").splitlines())
-    state = {"host": view([]), "netns": namespaces}
-    for name in namespaces:
-        state[name] = view(["ip", "netns", "exec", name])
-    return state
 
 
 @pytest.fixture

@@ -1,0 +1,243 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: netns.expose contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: probe
+short_description: Check from a host that published services answer, with their latency
+version_added: 0.1.0
+description:
+  - Reaches a list of services from the managed host, in one module call, and reports for each whether it answered
+    as expected and how long it took. Typically run on a slave against every service the masters publish with
+    M(netns.expose.dnat_rule).
+  - V(tcp) checks send C(GET http://<address>:<port><path>) and compare the HTTP status (and optionally look for a text
+    in the body). No proxy is used and redirects are not followed, so the answer comes from the service itself.
+  - V(udp) checks send one datagram (O(checks[].probe)) from a connected socket and wait for the reply.
+    A UDP check with neither O(checks[].probe) nor O(checks[].expect) is reported as skipped, because nothing tells
+    what the service answers.
+  - V(icmp) checks run the system C(ping) once (C(ping -n -c 1 -W <seconds> <address>)).
+  - The checks run side by side (up to 16 at a time), so a dead service delays only its own result; the results
+    come back in the order of O(checks).
+  - All checks are validated before any packet is sent.
+  - The module only reads; it never reports a change.
+author:
+  - netns.expose maintainers (@netns-expose)
+extends_documentation_fragment:
+  - netns.expose.attributes
+  - netns.expose.attributes.platform
+attributes:
+  check_mode:
+    support: full
+    details:
+      - The module only reads, so it sends the probes in check mode as well and reports what it got.
+  diff_mode:
+    support: none
+  platform:
+    platforms: linux
+requirements:
+  - C(ping) on the managed host, for V(icmp) checks only (iputils or BusyBox)
+options:
+  checks:
+    description:
+      - The services to reach. Invalid entries are refused with a message naming them, like C(checks[2].port).
+      - May be empty; then nothing is sent.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      target:
+        description: A free label that names the check in the results and messages, such as the master's inventory name.
+        type: str
+        required: true
+      address:
+        description: IPv4 address to reach.
+        type: str
+        required: true
+      protocol:
+        description: How to reach the service.
+        type: str
+        required: true
+        choices: [tcp, udp, icmp]
+      port:
+        description: Port of the service, 1 to 65535. Required for V(tcp) and V(udp); V(icmp) checks refuse it.
+        type: int
+      path:
+        description:
+          - Path of the HTTP request, starting with V(/) (a query string may follow). V(tcp) only.
+        type: str
+        default: /
+      status:
+        description:
+          - The HTTP status the service must answer with. V(tcp) only.
+        type: int
+        default: 200
+      expect:
+        description:
+          - A text that must appear in the HTTP body (V(tcp)) or in the reply (V(udp)).
+          - V(udp) checks that set it must set O(checks[].probe) too.
+        type: str
+      probe:
+        description: The datagram to send, as text (sent UTF-8 encoded). V(udp) only.
+        type: str
+  timeout:
+    description:
+      - Seconds to wait for each attempt of a check (connecting, then each read; the reply of a UDP probe).
+      - C(ping) takes whole seconds, so V(icmp) checks wait this rounded up to the next second.
+    type: float
+    default: 3
+  retries:
+    description:
+      - Further attempts of a check that failed, one second apart, for services that are still starting.
+      - A check stops at its first success.
+    type: int
+    default: 0
+  fail_on_error:
+    description:
+      - Fail when any check failed, with a message naming each failed check's target, protocol, port and address
+        and why it failed. The results are returned either way.
+      - With V(false) the module only reports; see RV(failed_checks).
+    type: bool
+    default: true
+notes:
+  - Skipped checks have RV(results[].ok=false) and RV(results[].skipped=true); they never count as failed.
+seealso:
+  - module: netns.expose.dnat_rule
+"""
+
+EXAMPLES = r"""
+- name: Check every service of the master from the slave
+  netns.expose.probe:
+    checks:
+      - {target: master, address: 10.211.55.122, protocol: tcp, port: 8090, expect: hello}
+      - {target: master, address: 10.211.55.122, protocol: udp, port: 8053, probe: ping, expect: pong}
+      - {target: master, address: 10.211.55.122, protocol: icmp}
+  register: probed
+
+- name: Only report, with retries for services that are still starting
+  netns.expose.probe:
+    checks:
+      - {target: master, address: 10.211.55.122, protocol: tcp, port: 8080, path: /health, status: 204}
+      - {target: master, address: 10.211.55.122, protocol: udp, port: 8054}  # skipped: nothing to ask
+    timeout: 1.5
+    retries: 5
+    fail_on_error: false
+  register: probed
+
+- name: Name the failed checks
+  ansible.builtin.debug:
+    msg: "{{ probed.results | rejectattr('ok') | rejectattr('skipped') | map(attribute='detail') }}"
+"""
+
+RETURN = r"""
+results:
+  description: One entry per check, in the order of O(checks).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    target:
+      description: The check's O(checks[].target).
+      type: str
+      sample: master
+    address:
+      description: The address reached.
+      type: str
+      sample: 10.211.55.122
+    protocol:
+      description: V(tcp), V(udp) or V(icmp).
+      type: str
+      sample: tcp
+    port:
+      description: The port reached; V(null) for V(icmp).
+      type: int
+      sample: 8090
+    ok:
+      description: Whether the service answered as expected (in the last attempt). V(false) for skipped checks.
+      type: bool
+      sample: true
+    skipped:
+      description: Whether the check was not run (a V(udp) check without O(checks[].probe) and O(checks[].expect)).
+      type: bool
+      sample: false
+    latency_ms:
+      description:
+        - Milliseconds from sending to the complete answer of the last attempt, 1 decimal (for V(icmp), the round trip
+          C(ping) printed, or else the time C(ping) took).
+        - V(null) when nothing answered (refused, timed out, skipped). A wrong answer still has a latency.
+      type: float
+      sample: 1.3
+    attempts:
+      description: How many attempts were made (1 + the retries used); 0 for skipped checks.
+      type: int
+      sample: 1
+    detail:
+      description: A short human reason.
+      type: str
+      sample: HTTP 200
+    status:
+      description: The HTTP status received.
+      returned: for V(tcp) checks that got an HTTP response
+      type: int
+      sample: 200
+    body:
+      description: The HTTP body received (decoded as UTF-8), truncated to 4096 characters.
+      returned: for V(tcp) checks that got an HTTP response
+      type: str
+      sample: hello from master
+    reply:
+      description: The UDP reply received (decoded as UTF-8), truncated to 4096 characters.
+      returned: for V(udp) checks that got a reply
+      type: str
+      sample: echo:ping
+  sample:
+    - {target: master, address: 10.211.55.122, protocol: tcp, port: 8090, ok: true, skipped: false, latency_ms: 1.3,
+       attempts: 1, detail: HTTP 200, status: 200, body: hello from master}
+    - {target: master, address: 10.211.55.122, protocol: udp, port: 8053, ok: false, skipped: false, latency_ms: null,
+       attempts: 1, detail: no reply within 3 s}
+failed_checks:
+  description: How many checks failed (skipped checks do not count).
+  returned: always
+  type: int
+  sample: 1
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netns.expose.plugins.module_utils._probe import (
+    Prober,
+    failed,
+    failure_message,
+    parse_checks,
+)
+from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            # The entries are validated in _probe, so that messages can name them as checks[<index>].<field>.
+            checks=dict(type="list", elements="dict", required=True),
+            timeout=dict(type="float", default=3.0),
+            retries=dict(type="int", default=0),
+            fail_on_error=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        checks = parse_checks(params["checks"], params["timeout"], params["retries"])
+    except InvalidInput as exc:
+        module.fail_json(msg=str(exc))
+    ping = module.get_bin_path("ping", required=True) if any(check.protocol == "icmp" for check in checks) else None
+
+    results = Prober(params["timeout"], params["retries"], ping=ping, run_command=module.run_command).run_all(checks)
+    failed_checks = len(failed(results))
+    if failed_checks and params["fail_on_error"]:
+        module.fail_json(msg=failure_message(results), results=results, failed_checks=failed_checks)
+    module.exit_json(changed=False, results=results, failed_checks=failed_checks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The expose role and the two playbooks, on the lab master and slave.
+
+Each test starts from a pristine master (its netfilter scrubbed, FORWARD policy DROP
+as on a Docker host, no namespaces) and leaves it that way, also when it fails.
+The services are the lab inventory's (the recipe's http-web: tcp 8090 -> 9090,
+udp 8053 -> 53 and icmp, in ns1) unless a test says otherwise.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from master_host import MASTER, VARIANTS, save, scrub_netfilter, sh
+
+REPO = Path(__file__).resolve().parents[2]
+EXPOSE = REPO / "playbooks" / "expose.yml"
+VERIFY = REPO / "playbooks" / "verify.yml"
+REPLY = {"Age": 12, "Msg": "hello world! this is DNAT+bridge+Veth pair Test!"}
+
+
+def host_state(lab, host=MASTER):
+    """What the role may change on a host, as it compares across runs."""
+    links = json.loads(sh(lab, "ip", "-j", "-4", "addr", "show", host=host))
+    return {
+        "iptables": {variant: save(lab, variant) for variant in VARIANTS} if host == MASTER else None,
+        "links": sorted((link["ifname"], [(a["local"], a["prefixlen"]) for a in link["addr_info"]]) for link in links),
+        "netns": sh(lab, "ip", "netns", "list", host=host),
+        "ip_forward": sh(lab, "cat", "/proc/sys/net/ipv4/ip_forward", host=host),
+        "processes": sh(lab, "sh", "-c", "for ns in $(ip netns list | cut -d' ' -f1); do ip netns pids $ns; done", host=host),
+    }
+
+
+@pytest.fixture
+def pristine(lab, run_playbook):
+    """A master with FORWARD policy DROP and nothing of the role's; put back afterwards."""
+    scrub_netfilter(lab)
+    sh(lab, "iptables", "-P", "FORWARD", "DROP")
+    before = host_state(lab)
+    yield before
+    run_playbook(EXPOSE, extra_vars={"expose_state": "absent", "expose_demo_service": True})
+    sh(lab, "sh", "-c", "for ns in $(ip netns list | cut -d' ' -f1); do ip netns pids $ns | xargs -r kill; "
+                        "ip netns del $ns; done", check=False)
+    sh(lab, "ip", "link", "del", "veth1b", check=False)
+    scrub_netfilter(lab)
+
+
+def task_results(run, host=MASTER):
+    """(task name without its role's prefix, result) of every task that ran on host, in order."""
+    return [(task["task"]["name"].split(" : ")[-1], task["hosts"][host])
+            for play in run["plays"] for task in play["tasks"] if host in task["hosts"]]
+
+
+def changed_tasks(run, host=MASTER):
+    return [name for name, result in task_results(run, host) if result.get("changed")]
+
+
+def failures(run):
+    """(task name, message) of every failure, with the message of each failed loop item."""
+    found = []
+    for play in run["plays"]:
+        for task in play["tasks"]:
+            for result in task["hosts"].values():
+                if result.get("failed"):
+                    items = [item.get("msg") for item in result.get("results", []) if item.get("failed")]
+                    found.append((task["task"]["name"], " ".join(map(str, items)) or result.get("msg")))
+    return found
+
+
+def module_calls(run, host=MASTER):
+    """Tasks that ran a module on the host (not skipped, not controller-side)."""
+    local = {"ansible.builtin.set_fact", "ansible.builtin.include_tasks", "ansible.builtin.debug",
+             "ansible.builtin.assert", "ansible.builtin.validate_argument_spec"}
+    return [name for name, result in task_results(run, host) if not result.get("skipped") and result["action"] not in local]
+
+
+def from_slave(lab, port=8090):
+    done = lab.exec("slave", ["curl", "-s", "-m", "3", f"http://10.211.55.122:{port}/"])
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def test_check_predicts_the_run_then_nothing_changes_and_absent_restores_the_host(lab, pristine, run_playbook):
+    check = run_playbook(EXPOSE, check=True, diff=True)
+    assert not failures(check), failures(check)
+    assert host_state(lab) == pristine, "a check run changed the master"
+    predicted = changed_tasks(check)
+    assert {"Create the namespaces and veth pairs", "Publish the ports (one transaction for every mapping)"} <= set(predicted)
+
+    first = run_playbook(EXPOSE, diff=True)
+    assert not failures(first), failures(first)
+    assert changed_tasks(first) == predicted
+    for name in ("Create the namespaces and veth pairs", "Publish the ports (one transaction for every mapping)"):
+        assert dict(task_results(check))[name]["diff"] == dict(task_results(first))[name]["diff"], name
+    assert from_slave(lab) == REPLY
+
+    second = run_playbook(EXPOSE, diff=True)
+    assert not failures(second), failures(second)
+    assert changed_tasks(second) == []
+
+    verify = run_playbook(VERIFY)
+    assert not failures(verify), failures(verify)
+
+    gone = run_playbook(EXPOSE, extra_vars={"expose_state": "absent"})
+    assert not failures(gone), failures(gone)
+    assert host_state(lab) == pristine
+    assert from_slave(lab) is None
+    again = run_playbook(EXPOSE, extra_vars={"expose_state": "absent"})
+    assert not failures(again) and changed_tasks(again) == []
+
+
+def services(count):
+    """count services, each in a namespace of its own with a tcp and a udp port."""
+    return [{
+        "name": f"svc{i}", "netns": f"ns{i}", "ns_ifname": f"v{i}a", "host_ifname": f"v{i}b",
+        "ns_address": f"10.250.{i}.2/24", "host_address": f"10.250.{i}.1/24",
+        "ports": [{"protocol": "tcp", "host_port": 9000 + i, "ns_port": 80}, {"protocol": "udp", "host_port": 9100 + i}],
+    } for i in range(count)]
+
+
+def test_the_number_of_module_calls_does_not_grow_with_the_services(lab, pristine, run_playbook):
+    calls = {}
+    for count in (1, 6):
+        run = run_playbook(EXPOSE, extra_vars={"expose_services": services(count), "expose_demo_service": False})
+        assert not failures(run), failures(run)
+        assert len(sh(lab, "ip", "netns", "list").splitlines()) == count
+        calls[count] = module_calls(run)
+    assert calls[1] == calls[6]
+    assert len(calls[6]) <= 6, calls[6]
+
+
+def test_exclusive_removes_mappings_no_service_lists(lab, pristine, run_playbook):
+    run = run_playbook(EXPOSE, extra_vars={"expose_services": services(2), "expose_demo_service": False})
+    assert not failures(run), failures(run)
+    run = run_playbook(EXPOSE, extra_vars={"expose_services": services(1), "expose_demo_service": False})
+    assert not failures(run), failures(run)
+    rules = "\n".join(save(lab, "nft") + save(lab, "legacy"))
+    assert "svc0-tcp-9000" in rules and "svc1-" not in rules
+
+
+@pytest.mark.parametrize("extra_vars, message", [
+    ({"expose_services": services(2)[:1] + [{**services(2)[1], "ports": [{"protocol": "tcp", "host_port": 9000}]}]},
+     r"expose_services\[1\] \(svc1\)\.ports\[0\]: tcp host_port 9000 on 10\.211\.55\.122 is also published by "
+     r"expose_services\[0\] \(svc0\)\.ports\[0\]"),
+    ({"expose_services": services(2)[:1] + [{**services(2)[1], "netns": "ns0"}]},
+     r"expose_services\[1\] \(svc1\)\.netns: 'ns0' is also claimed by expose_services\[0\] \(svc0\)"),
+    ({"expose_services": [{**services(1)[0], "ns_address": "10.211.55.50/24", "host_address": "10.211.55.51/24"}]},
+     r"expose_services\[0\] \(svc0\)\.ns_address: 10\.211\.55\.0/24 overlaps 10\.211\.55\.0/24 of the host's interface eth0"),
+    ({"expose_state": "gone"}, r"expose_state.*gone"),
+    ({"expose_services": [{"name": "x"}]}, r"netns"),
+])
+def test_bad_input_fails_before_anything_changes(lab, pristine, run_playbook, extra_vars, message):
+    run = run_playbook(EXPOSE, extra_vars=extra_vars)
+    assert failures(run), "the role accepted bad input"
+    assert re.search(message, " ".join(str(msg) for _name, msg in failures(run))), failures(run)
+    assert host_state(lab) == pristine
+
+
+def test_verify_fails_naming_the_master_and_port(lab, pristine, run_playbook):
+    run = run_playbook(EXPOSE)
+    assert not failures(run), failures(run)
+    sh(lab, "sh", "-c", "ip netns pids ns1 | xargs -r kill")  # the services stop answering
+    verify = run_playbook(VERIFY, extra_vars={"expose_verify_retries": 0, "expose_verify_timeout": 1})
+    messages = " ".join(str(msg) for _name, msg in failures(verify))
+    assert "master master:" in messages and "tcp port 8090 (http-web) failed" in messages, messages
+    assert "udp port 8053 (http-web) failed" in messages, messages
