@@ -19,6 +19,9 @@ antsibull-changelog lint
 step "ansible-test sanity"
 bash "$here/sanity.sh"
 
+step "molecule test --all: the role on labs of namespaces"
+bash "$here/molecule.sh"
+
 # Last, so that pytest's closing line is the last line of the run.
 step "pytest: unit and integration tests (real namespaces)"
 python -m pytest -p no:cacheprovider tests/unit tests/integration "$@"

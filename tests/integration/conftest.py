@@ -51,7 +51,7 @@ def session_lab_name():
 def lab_inventory(tmp_path_factory):
     """tests/lab/inventory.yml with this session's lab_name."""
     inventory = yaml.safe_load(LAB_INVENTORY.read_text(encoding="utf-8"))
-    inventory["all"]["vars"]["lab_name"] = session_lab_name()
+    inventory["all"]["children"]["lab"]["vars"]["lab_name"] = session_lab_name()
     path = tmp_path_factory.mktemp("lab") / "inventory.yml"
     path.write_text(yaml.safe_dump(inventory), encoding="utf-8")
     return path

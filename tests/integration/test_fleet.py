@@ -34,19 +34,15 @@ SERVICE = {
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, ansible_env):
     """The fleet's lab and an AnsibleRunner for it; taken down at the end whatever happens."""
-    lab_vars = yaml.safe_load(LAB_INVENTORY.read_text(encoding="utf-8"))["all"]["vars"]
-    inventory = {"all": {
-        "vars": {**lab_vars, "lab_name": f"{session_lab_name()}-fleet"},
-        "children": {
-            "masters": {
-                "hosts": {name: {"lab_address": f"{address}/24"} for name, address in MASTERS.items()},
-                "vars": {"expose_services": [SERVICE], "expose_demo_service": True},
-            },
-            "slaves": {"hosts": {name: {"lab_address": f"{address}/24"} for name, address in SLAVES.items()}},
-        },
-    }}
+    inventory = yaml.safe_load(LAB_INVENTORY.read_text(encoding="utf-8"))
+    lab_group = inventory["all"]["children"]["lab"]
+    lab_group["vars"]["lab_name"] = f"{session_lab_name()}-fleet"
+    masters, slaves = lab_group["children"]["masters"], lab_group["children"]["slaves"]
+    masters["hosts"] = {name: {"lab_address": f"{address}/24"} for name, address in MASTERS.items()}
+    masters["vars"] = {"expose_services": [SERVICE], "expose_demo_service": True}
+    slaves["hosts"] = {name: {"lab_address": f"{address}/24"} for name, address in SLAVES.items()}
     # m2 publishes its service on another port: host_vars override the group's services.
-    inventory["all"]["children"]["masters"]["hosts"]["m2"]["expose_services"] = [
+    masters["hosts"]["m2"]["expose_services"] = [
         {**SERVICE, "ports": [{**SERVICE["ports"][0], "host_port": 8091}, *SERVICE["ports"][1:]]}]
     workdir = tmp_path_factory.mktemp("fleet")
     path = workdir / "inventory.yml"

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -291,6 +292,11 @@ def test_down_removes_every_namespace_process_and_mount(make_lab):
     sleeper = subprocess.Popen(doomed.command(MASTER, ["ip", "netns", "exec", "ns1", "sleep", "1000"]))
     try:
         ns1 = int(ok(doomed.exec(MASTER, ["stat", "-L", "-c", "%i", "/run/netns/ns1"])))
+        # What the role's demo service keeps for this host in the /run that lab hosts share.
+        net = int(ok(doomed.exec(MASTER, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"])))
+        host_run_dir = Path(f"/run/netns-expose-demo/net-{net}")
+        host_run_dir.mkdir(parents=True)
+        (host_run_dir / "web.pid").write_text("1\n")
         inodes = lab_namespace_inodes(doomed)
         assert ns1 in inodes
         assert sleeper.poll() is None
@@ -298,6 +304,7 @@ def test_down_removes_every_namespace_process_and_mount(make_lab):
         assert sleeper.wait(timeout=10) == -signal.SIGKILL
         assert any(item.endswith(" processes") for item in removed) and {"lan", MASTER, SLAVE} <= set(removed)
         assert_lab_gone(doomed, inodes, machine_before)
+        assert f"directory {host_run_dir}" in removed and not host_run_dir.exists()
     finally:
         if sleeper.poll() is None:
             sleeper.kill()

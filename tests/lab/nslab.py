@@ -299,6 +299,7 @@ class Lab:
             os.rmdir(LAB_ROOT)  # only when no other lab is left
         except OSError:
             pass
+        removed += _remove_host_run_dirs(inodes)
         pinning = processes_pinning(inodes)
         if pinning:
             # Left alone: a namespace file bound elsewhere (not under the lab's directory)
@@ -412,6 +413,27 @@ def processes_pinning(inodes):
         except OSError:
             continue  # gone meanwhile
     return pinning
+
+
+# What lab hosts leave in the /run they share with the machine: the expose role's
+# demo service keeps its pidfiles in a directory named by the host's netns inode.
+HOST_RUN_DIRS = ("/run/netns-expose-demo/net-{inode}",)
+
+
+def _remove_host_run_dirs(inodes):
+    """Remove the per-host directories of the lab's namespaces (their processes are gone)."""
+    removed = []
+    for pattern in HOST_RUN_DIRS:
+        for inode in sorted(inodes):
+            path = pattern.format(inode=inode)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+                removed.append(f"directory {path}")
+        try:
+            os.rmdir(os.path.dirname(pattern))  # only when no other host is left in it
+        except OSError:
+            pass
+    return removed
 
 
 def _pids():
