@@ -9,6 +9,7 @@ current and the desired rules compare as text.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from dataclasses import dataclass
@@ -30,9 +31,15 @@ from ansible_collections.netns.expose.plugins.module_utils._validation import (
 
 PREROUTING_CHAIN = "NETNS-EXPOSE"
 LOCAL_CHAIN = "NETNS-EXPOSE-LOCAL"
+POSTROUTING_CHAIN = "NETNS-EXPOSE-POST"
 FORWARD_CHAIN = "NETNS-EXPOSE-FWD"
-OWNED_CHAINS = {"nat": (PREROUTING_CHAIN, LOCAL_CHAIN), "filter": (FORWARD_CHAIN,)}
-JUMPS = {("nat", "PREROUTING"): PREROUTING_CHAIN, ("nat", "OUTPUT"): LOCAL_CHAIN, ("filter", "FORWARD"): FORWARD_CHAIN}
+OWNED_CHAINS = {"nat": (PREROUTING_CHAIN, LOCAL_CHAIN, POSTROUTING_CHAIN), "filter": (FORWARD_CHAIN,)}
+JUMPS = {
+    ("nat", "PREROUTING"): PREROUTING_CHAIN,
+    ("nat", "OUTPUT"): LOCAL_CHAIN,
+    ("nat", "POSTROUTING"): POSTROUTING_CHAIN,
+    ("filter", "FORWARD"): FORWARD_CHAIN,
+}
 
 MAPPING_PREFIX = "netns.expose:"
 # A rule that matches nothing in particular and has no target: it only records, in
@@ -80,14 +87,31 @@ class Mapping:
         to = self.to_address if self.protocol == "icmp" else f"{self.to_address}:{self.to_port}"
         return f"-j DNAT --to-destination {to}"
 
-    def prerouting_rule(self):
+    def _prerouting(self, source, in_interface):
         # Without a destination only packets addressed to this host are mapped, so a
         # host that also routes for others does not hijack their traffic.
+        src = f" -s {source}" if source else ""
         dst = f" -d {self.destination}/32" if self.destination else ""
-        iif = f" -i {self.in_interface}" if self.in_interface else ""
+        iif = f" -i {in_interface}" if in_interface else ""
         local = "" if self.destination else " -m addrtype --dst-type LOCAL"
-        return (f"-A {PREROUTING_CHAIN}{dst}{iif} -p {self.protocol}{local}{self._match_ports()} "
+        return (f"-A {PREROUTING_CHAIN}{src}{dst}{iif} -p {self.protocol}{local}{self._match_ports()} "
                 f"{self.comment} {self._dnat_target()}")
+
+    def prerouting_rule(self):
+        return self._prerouting(None, self.in_interface)
+
+    def hairpin_prerouting_rules(self, sources):
+        """Clients in the host's own namespaces come in on their veth, not on in_interface: map them too."""
+        if not self.in_interface:
+            return []  # the mapping's own rule matches every interface already
+        return [self._prerouting(source, None) for source in sources]
+
+    def hairpin_masquerade_rule(self):
+        """A client in the target's own namespace reaching it through the host's address: without SNAT the
+        target would answer it directly, from an address the client never asked. Only that flow is masqueraded."""
+        ports = "" if self.protocol == "icmp" else f" -m {self.protocol} --dport {self.to_port}"
+        return (f"-A {POSTROUTING_CHAIN} -s {self.to_address}/32 -d {self.to_address}/32 -p {self.protocol}{ports} "
+                f"{self.comment} -j MASQUERADE")
 
     def output_rule(self):
         # 127.0.0.0/8 stays out: mapping it would need route_localnet (CVE-2020-8558).
@@ -177,13 +201,27 @@ def mappings_from_params(params):
     return mappings
 
 
-def _mapping_rules(mapping, accept_forward):
+def _mapping_rules(mapping, spec):
     rules = {"nat": {PREROUTING_CHAIN: [mapping.prerouting_rule()]}}
+    if spec.hairpin:
+        rules["nat"][PREROUTING_CHAIN] += mapping.hairpin_prerouting_rules(spec.hairpin_sources)
+        rules["nat"][POSTROUTING_CHAIN] = [mapping.hairpin_masquerade_rule()]
     if mapping.local:
         rules["nat"][LOCAL_CHAIN] = [mapping.output_rule()]
-    if accept_forward:
+    if spec.accept_forward:
         rules["filter"] = {FORWARD_CHAIN: [mapping.forward_rule()]}
     return rules
+
+
+def hairpin_sources_from_params(values):
+    """The hairpin_sources option: IPv4 networks, as iptables-save prints them."""
+    sources = []
+    for index, value in enumerate(values or []):
+        try:
+            sources.append(str(ipaddress.IPv4Network(value)))
+        except ValueError as exc:
+            raise InvalidInput(f"hairpin_sources[{index}]", f"{value!r} is not an IPv4 network in CIDR notation ({exc})") from None
+    return tuple(sorted(set(sources)))
 
 
 def rules_by_mapping(owned):
@@ -218,6 +256,9 @@ class DnatSpec:
     exclusive: bool
     ip_forward: bool
     accept_forward: bool
+    hairpin: bool = True
+    hairpin_sources: tuple = ()
+    flush_conntrack: bool = True
 
 
 def desired_rules(spec, current_by_name, mark_ip_forward):
@@ -236,7 +277,7 @@ def desired_rules(spec, current_by_name, mark_ip_forward):
             add("filter" if line.startswith(f"-A {FORWARD_CHAIN} ") else "nat", line.split()[1], line)
     if spec.state == "present":
         for mapping in spec.mappings:
-            for table, chains in _mapping_rules(mapping, spec.accept_forward).items():
+            for table, chains in _mapping_rules(mapping, spec).items():
                 for chain, lines in chains.items():
                     for line in lines:
                         add(table, chain, line)
@@ -297,8 +338,45 @@ def write_ip_forward(value):
         sysctl.write(f"{value}\n")
 
 
-def build_plan(backend, spec, dump, ip_forward):
-    """Plan every change of the run from one iptables-save dump and the ip_forward value."""
+class DnatPlan(Plan):
+    """The plan of a run, and what it did to the conntrack table (filled in as it is applied)."""
+
+    def __init__(self, before):
+        super().__init__(before)
+        self.conntrack = []
+
+
+def _conntrack_keys(lines):
+    """(protocol, port, destination) of the mapped flows of some owned rule lines."""
+    return {_key_of_rule(line)[:3] for line in lines if line.startswith(f"-A {PREROUTING_CHAIN} ")}
+
+
+def _delete_flows(conntrack, entry):
+    entry["deleted"] = conntrack.delete(entry["protocol"], entry["port"], entry["destination"])
+
+
+def _plan_conntrack(plan, conntrack, keys):
+    """Delete the flows of every mapping key a change touches: they were NATed (or not) by the old rules."""
+    if not keys or conntrack is None:
+        return
+    if conntrack.binary is None:
+        plan.warnings.append(
+            "conntrack (the tool) was not found: flows that started before this change keep their old translation "
+            "until their conntrack entries expire; install conntrack to have them deleted")
+        return
+    for protocol, port, destination in sorted(keys, key=lambda key: (key[0], key[1] or 0, key[2] or "")):
+        entry = {"protocol": protocol, "port": port, "destination": destination, "deleted": None}
+        plan.conntrack.append(entry)
+        flows = protocol + (f" port {port}" if port else "") + (f" to {destination}" if destination else "")
+        plan.add(f"delete the conntrack entries of {flows}, so that flows older than the change meet the new rules",
+                 partial(_delete_flows, conntrack, entry))
+
+
+def build_plan(backend, spec, dump, ip_forward, conntrack=None):
+    """Plan every change of the run from one iptables-save dump and the ip_forward value.
+
+    conntrack: a ConntrackTable, for deleting the flows of the mappings that change (or None).
+    """
     current = owned_rules(dump, OWNED_CHAINS)
     current_by_name = rules_by_mapping(current)
     check_conflicts(spec, current_by_name)
@@ -308,14 +386,16 @@ def build_plan(backend, spec, dump, ip_forward):
     # The last mapping is going: put ip_forward back if the collection turned it on.
     restore_forward = had_mark and not desired.chains["nat"].get(PREROUTING_CHAIN) and ip_forward != 0
 
-    plan = Plan(_view(current_by_name, current, ip_forward))
+    plan = DnatPlan(_view(current_by_name, current, ip_forward))
     script, counts = restore_script(current, desired)
     desired_by_name = rules_by_mapping(desired)
     described = {mapping.name: mapping.summary() for mapping in spec.mappings}
+    touched_flows = set()
     for name in sorted(name for name in set(current_by_name) | set(desired_by_name) if name is not None):
         before, after = current_by_name.get(name), desired_by_name.get(name)
         if before == after:
             continue
+        touched_flows |= _conntrack_keys((before or []) + (after or []))
         if after is None:
             plan.add(f"remove mapping {name}", None, {("mappings", name): REMOVE})
             continue
@@ -339,6 +419,8 @@ def build_plan(backend, spec, dump, ip_forward):
             f"commit the rule changes in one iptables-restore --noflush transaction ({backend.variant}: {summary})",
             partial(commit_with_rollback, backend, current, script),
         )
+    if spec.flush_conntrack:
+        _plan_conntrack(plan, conntrack, touched_flows)
     if turn_forward_on:
         plan.add(f"set net.ipv4.ip_forward = 1 (was {ip_forward})", partial(write_ip_forward, 1), {("ip_forward",): 1})
     elif restore_forward:

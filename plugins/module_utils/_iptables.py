@@ -96,8 +96,9 @@ def owned_rules(dump, owned_chains):
 
 
 # Jumps are inserted first in these built-in chains: an ACCEPT for a mapped flow
-# must come before a host's own DROP rules.
-INSERT_FIRST = {("filter", "FORWARD")}
+# must come before a host's own DROP rules, and a hairpin MASQUERADE before a
+# host's own ACCEPT or SNAT rules would end the nat table's walk.
+INSERT_FIRST = {("filter", "FORWARD"), ("nat", "POSTROUTING")}
 
 
 def restore_script(current, desired):

@@ -267,7 +267,6 @@ def build_plan(netlink, spec, observed):
     """Compute every step of the run; nothing is changed here."""
     pair = classify_pair(spec, observed)
     plan = Plan(describe(spec, observed, pair))
-    plan.warnings = []
     _plan_pair(netlink, spec, observed, pair, plan)
     return plan
 
@@ -277,7 +276,6 @@ def build_batch_plan(netlink, specs, observed):
     # Every pair is classified before any is planned: a refusal comes before any step exists.
     pairs = [classify_pair(spec, seen) for spec, seen in zip(specs, observed)]
     plan = Plan({spec.netns: describe(spec, seen, pair) for spec, seen, pair in zip(specs, observed, pairs)})
-    plan.warnings = []
     for spec, seen, pair in zip(specs, observed, pairs):
         _plan_pair(netlink, spec, seen, pair, _PairScope(plan, spec.netns))
     return plan

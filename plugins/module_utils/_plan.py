@@ -30,6 +30,8 @@ class Plan:
         self.before = before
         self.after = copy.deepcopy(before)
         self.steps = []
+        # What the module should warn about, whether or not it applies the plan.
+        self.warnings = []
 
     def add(self, description, apply, effects=None):
         """Queue a step. `effects` maps a key path (tuple) in the view to its new value (or REMOVE).

@@ -226,4 +226,6 @@ def services_plan(raw_services, state="present", in_interface=None, host_ip=None
             "tcp_ports": sorted({port["ns_port"] for port in service.ports if port["protocol"] == "tcp"}),
             "udp_ports": sorted({port["ns_port"] for port in service.ports if port["protocol"] == "udp"}),
         })
-    return {"pairs": pairs, "mappings": mappings, "targets": targets, "demo": demo}
+    # Clients in any of the host's service namespaces may reach every mapping (hairpin).
+    hairpin_sources = sorted({str(service.ns_address.network) for service in services})
+    return {"pairs": pairs, "mappings": mappings, "targets": targets, "demo": demo, "hairpin_sources": hairpin_sources}

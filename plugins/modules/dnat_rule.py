@@ -15,7 +15,8 @@ description:
     and makes the host forward the mapped traffic.
   - Takes one mapping as top-level options, or a list of them in O(rules), applied as one batch.
   - B(Owned chains.) The rules live in chains of the collection's own. In the C(nat) table, C(NETNS-EXPOSE) is
-    jumped to from C(PREROUTING), and C(NETNS-EXPOSE-LOCAL) from C(OUTPUT) when a mapping has O(local=true).
+    jumped to from C(PREROUTING), C(NETNS-EXPOSE-LOCAL) from C(OUTPUT) when a mapping has O(local=true), and
+    C(NETNS-EXPOSE-POST) from the top of C(POSTROUTING) with O(hairpin).
     In the C(filter) table, C(NETNS-EXPOSE-FWD) is jumped to from the top of C(FORWARD).
     Each rule carries the comment C(netns.expose:<name>) naming its mapping; the jumps carry C(netns.expose).
     No other rule or chain is ever changed.
@@ -31,6 +32,16 @@ description:
     (conntrack state DNAT to O(to_address):O(to_port) from O(port)), both directions, and the ICMP errors about them
     (which are RELATED to the flow), so path MTU discovery works. Hosts whose C(FORWARD) policy is C(DROP), as with
     Docker or hardened images, need this. Forwarding is never accepted wholesale.
+  - B(No stale flows.) NAT is decided when a conntrack entry is made, so a flow that started before a mapping was
+    added, changed or removed would keep its old translation (or none) until its entry expires. With
+    O(flush_conntrack) the module deletes the conntrack entries of the protocol, host port (and O(destination))
+    of each mapping it adds, changes or removes, and of no other, and reports them in RV(conntrack).
+  - B(No localnet hole.) O(local) maps the host's own addresses in C(OUTPUT), never 127.0.0.0/8, and
+    C(route_localnet) is never turned on, so LAN neighbours cannot reach services bound to 127.0.0.1 (CVE-2020-8558).
+  - B(Hairpin.) With O(hairpin), a client in a namespace of the host that reaches a mapping through the host's
+    address gets an answer: a C(MASQUERADE) in C(NETNS-EXPOSE-POST) (jumped to from the top of C(POSTROUTING)) for
+    exactly the flow from O(to_address) to itself on O(to_port), and, for mappings with O(in_interface), the same
+    DNAT for traffic from O(hairpin_sources).
 author:
   - netns.expose maintainers (@netns-expose)
 extends_documentation_fragment:
@@ -143,6 +154,29 @@ options:
         policy is C(DROP).
     type: bool
     default: true
+  hairpin:
+    description:
+      - Let clients in the host's own namespaces reach the mappings through the host's address, including a client
+        in the target's own namespace (which needs one C(MASQUERADE) rule per mapping, matched only by the first
+        packet of such a flow).
+    type: bool
+    default: true
+  hairpin_sources:
+    description:
+      - IPv4 networks (CIDR) of the host's namespaces, such as the subnets of the veth pairs. Mappings with
+        O(in_interface) also DNAT traffic from these networks, whatever interface it comes in on. Only with O(hairpin).
+    type: list
+    elements: str
+    default: []
+  flush_conntrack:
+    description:
+      - Delete the conntrack entries of each mapping that is added, changed or removed (its protocol, host port and
+        O(destination)), so that flows that started before the change meet the new rules. Needs the C(conntrack) tool
+        on the host; without it the module warns and deletes nothing.
+      - Without O(destination) the entries of the port to any address are deleted, including flows the host routes
+        for others; those are picked up again by conntrack on their next packet.
+    type: bool
+    default: true
   iptables:
     description:
       - Which iptables variant to use. V(auto) uses the variant of the host's C(iptables) command, as the rest of
@@ -207,6 +241,15 @@ mappings:
       - >-
         -A NETNS-EXPOSE -d 10.211.55.122/32 -i eth0 -p tcp -m tcp --dport 8090
         -m comment --comment "netns.expose:http-web" -j DNAT --to-destination 10.244.1.2:9090
+conntrack:
+  description:
+    - The conntrack entries deleted, one entry per protocol, host port and destination of the mappings that changed.
+    - C(deleted) is the number of entries, or null in check mode.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {protocol: udp, port: 8053, destination: null, deleted: 1}
 iptables:
   description: The iptables variant used.
   returned: always
@@ -216,11 +259,13 @@ iptables:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.netns.expose.plugins.module_utils._conntrack import ConntrackTable
 from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     MAPPING_FIELDS,
     DnatSpec,
     RolledBack,
     build_plan,
+    hairpin_sources_from_params,
     mappings_from_params,
     read_ip_forward,
 )
@@ -251,6 +296,9 @@ def main():
             state=dict(type="str", choices=["present", "absent"], default="present"),
             ip_forward=dict(type="bool", default=True),
             accept_forward=dict(type="bool", default=True),
+            hairpin=dict(type="bool", default=True),
+            hairpin_sources=dict(type="list", elements="str", default=[]),
+            flush_conntrack=dict(type="bool", default=True),
             iptables=dict(type="str", choices=["auto", "nft", "legacy"], default="auto"),
         ),
         mutually_exclusive=[("name", "rules")],
@@ -265,9 +313,12 @@ def main():
             exclusive=params["exclusive"],
             ip_forward=params["ip_forward"],
             accept_forward=params["accept_forward"],
+            hairpin=params["hairpin"],
+            hairpin_sources=hairpin_sources_from_params(params["hairpin_sources"]),
+            flush_conntrack=params["flush_conntrack"],
         )
         backend = IptablesBackend(module, params["iptables"])
-        plan = build_plan(backend, spec, backend.read(), read_ip_forward())
+        plan = build_plan(backend, spec, backend.read(), read_ip_forward(), conntrack=ConntrackTable(module))
     except (InvalidInput, IptablesError) as exc:
         module.fail_json(msg=str(exc))
 
@@ -278,7 +329,10 @@ def main():
             rolled_back = isinstance(exc.__cause__, RolledBack)
             module.fail_json(msg=str(exc), actions=exc.done, failed_action=exc.failed_step, rolled_back=rolled_back)
 
-    result = dict(changed=plan.changed, actions=plan.actions, mappings=plan.after["mappings"], iptables=backend.variant)
+    for warning in plan.warnings:
+        module.warn(warning)
+    result = dict(changed=plan.changed, actions=plan.actions, mappings=plan.after["mappings"], conntrack=plan.conntrack,
+                  iptables=backend.variant)
     if module._diff:
         result["diff"] = plan.diff
     module.exit_json(**result)

@@ -20,6 +20,8 @@ WEB_RULES = [
     "-j DNAT --to-destination 10.244.1.2:9090",
     "-A NETNS-EXPOSE-FWD -m conntrack --ctstate DNAT --ctproto 6 --ctreplsrc 10.244.1.2 --ctorigdstport 8090 "
     '--ctreplsrcport 9090 -m comment --comment "netns.expose:web" -j ACCEPT',
+    '-A NETNS-EXPOSE-POST -s 10.244.1.2/32 -d 10.244.1.2/32 -p tcp -m tcp --dport 9090 '
+    '-m comment --comment "netns.expose:web" -j MASQUERADE',
 ]
 # What Docker leaves on a host, for the never-touch-foreign-rules tests.
 DOCKER_LIKE = """\
@@ -63,7 +65,7 @@ def test_a_mapping_is_added_as_declared_and_a_second_run_changes_nothing(master,
     result = dnat(run_module, variant, **WEB)
     assert not result["failed"], result
     assert result["changed"] is True and result["iptables"] == variant
-    assert owned(save(master, variant)) == [
+    assert sorted(owned(save(master, variant))) == sorted([
         ":NETNS-EXPOSE-FWD - [0:0]",
         '-A FORWARD -m comment --comment "netns.expose" -j NETNS-EXPOSE-FWD',
         WEB_RULES[1],
@@ -71,7 +73,10 @@ def test_a_mapping_is_added_as_declared_and_a_second_run_changes_nothing(master,
         '-A PREROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE',
         WEB_RULES[0],
         '-A NETNS-EXPOSE -m comment --comment "netns.expose/ip_forward-was-0"',
-    ]
+        ":NETNS-EXPOSE-POST - [0:0]",
+        '-A POSTROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE-POST',
+        WEB_RULES[2],
+    ])
     assert ip_forward(master) == 1
     again = dnat(run_module, variant, **WEB)
     assert again["changed"] is False and again["actions"] == []

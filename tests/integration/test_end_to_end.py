@@ -103,3 +103,75 @@ def test_local_maps_connections_that_start_on_the_master(services, run_module, l
     finally:
         run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent"})
     assert from_master(lab) is None
+
+
+def ask_udp_from(lab, source_port):
+    """The slave asks the udp mapping from one fixed source port (one conntrack flow): the reply, or None."""
+    done = from_slave(lab, "python3", str(UDP_ECHO), "ask", "10.211.55.122", "8053", "hello", str(source_port))
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_flows_that_predate_a_change_are_deleted_so_they_meet_the_new_rules(services, run_module):
+    lab = services
+    dns = {**MAPPINGS[1], "flush_conntrack": True}
+    # A stateful rule, as on any host with a firewall or Docker: the master tracks flows from the first datagram
+    # (a namespace with no rule that needs conntrack tracks nothing, and nothing could go stale).
+    stateful = ["INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"]
+    sh(lab, "iptables", "-I", *stateful)
+    # A router (forwarding on, FORWARD policy ACCEPT): otherwise removing the last mapping would stop an old
+    # flow on its own, by removing its ACCEPT rule and by setting ip_forward back to 0.
+    sh(lab, "iptables", "-P", "FORWARD", "ACCEPT")
+    sh(lab, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    try:
+        # Control: without deleting its conntrack entry, a flow that started before the mapping keeps bypassing it
+        # (the master answered the first datagram with port unreachable), and one that started while the mapping
+        # existed keeps reaching ns1 after the mapping is gone.
+        assert ask_udp_from(lab, 40001) is None
+        assert not run_module("master", "netns.expose.dnat_rule", {**dns, "flush_conntrack": False})["failed"]
+        assert ask_udp_from(lab, 40001) is None, "the stale flow was mapped: the control proves nothing"
+        assert ask_udp_from(lab, 40002) == "echo:hello"
+        assert not run_module("master", "netns.expose.dnat_rule",
+                              {"name": "dns", "state": "absent", "flush_conntrack": False})["failed"]
+        assert ask_udp_from(lab, 40002) == "echo:hello", "the old flow lost its DNAT: the control proves nothing"
+        sh(lab, "conntrack", "-F", check=False)
+
+        # With the module deleting the flows of the mapping's port when it is added, and when it is removed.
+        assert ask_udp_from(lab, 40003) is None
+        added = run_module("master", "netns.expose.dnat_rule", dns)
+        assert not added["failed"], added
+        assert added["conntrack"] == [{"protocol": "udp", "port": 8053, "destination": None, "deleted": 1}]
+        assert ask_udp_from(lab, 40003) == "echo:hello"
+        removed = run_module("master", "netns.expose.dnat_rule", {"name": "dns", "state": "absent"})
+        assert not removed["failed"], removed
+        assert removed["conntrack"][0]["deleted"] >= 1
+        assert ask_udp_from(lab, 40003) is None
+    finally:
+        run_module("master", "netns.expose.dnat_rule", {"name": "dns", "state": "absent"})
+        sh(lab, "iptables", "-D", *stateful, check=False)
+        sh(lab, "iptables", "-P", "FORWARD", "DROP")
+        sh(lab, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+        sh(lab, "conntrack", "-F", check=False)
+
+
+def from_netns(lab, netns):
+    """curl from a namespace of the master to the master's published address: the reply, or None."""
+    http = lab.exec("master", ["ip", "netns", "exec", netns, "curl", "-s", "-m", "3", "http://10.211.55.122:8090/"])
+    return http.stdout if http.returncode == 0 else None
+
+
+def test_hairpin_clients_in_the_masters_namespaces_reach_the_mapping(services, run_module):
+    """A client in ns1 (the service's own namespace) and one in ns2 reach the service through 10.211.55.122:8090."""
+    lab = services
+    ns2 = dict(netns="ns2", ns_ifname="veth2a", host_ifname="veth2b", ns_address="10.244.2.2/24", host_address="10.244.2.3/24")
+    web = {**MAPPINGS[0], "hairpin_sources": ["10.244.1.0/24", "10.244.2.0/24"]}
+    try:
+        assert not run_module("master", "netns.expose.netns_veth", ns2)["failed"]
+        assert not run_module("master", "netns.expose.dnat_rule", {**web, "hairpin": False})["failed"]
+        assert reachable(lab)["tcp"] == REPLY
+        assert (from_netns(lab, "ns1"), from_netns(lab, "ns2")) == (None, None), "reachable without hairpin"
+        assert not run_module("master", "netns.expose.dnat_rule", web)["failed"]
+        assert (from_netns(lab, "ns1"), from_netns(lab, "ns2")) == (REPLY, REPLY)
+        assert reachable(lab)["tcp"] == REPLY
+    finally:
+        run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent"})
+        run_module("master", "netns.expose.netns_veth", {**ns2, "state": "absent"})

@@ -93,6 +93,9 @@ def test_check_predicts_the_run_then_nothing_changes_and_absent_restores_the_hos
     for name in ("Create the namespaces and veth pairs", "Publish the ports (one transaction for every mapping)"):
         assert dict(task_results(check))[name]["diff"] == dict(task_results(first))[name]["diff"], name
     assert from_slave(lab) == REPLY
+    # Hairpin: the service's own namespace reaches it through the master's published address too.
+    hairpin = sh(lab, "ip", "netns", "exec", "ns1", "curl", "-s", "-m", "3", "http://10.211.55.122:8090/")
+    assert json.loads(hairpin) == REPLY
 
     second = run_playbook(EXPOSE, diff=True)
     assert not failures(second), failures(second)

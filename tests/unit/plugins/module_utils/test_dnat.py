@@ -12,6 +12,7 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     Mapping,
     RolledBack,
     build_plan,
+    hairpin_sources_from_params,
     mappings_from_params,
 )
 from ansible_collections.netns.expose.plugins.module_utils._iptables import IptablesError, parse_save
@@ -127,18 +128,23 @@ def backend(dump_text=EMPTY):
     return fake
 
 
-def save_with(mappings, ip_forward_mark=False, extra_nat="", extra_filter=""):
+def save_with(mappings, ip_forward_mark=False, extra_nat="", extra_filter="", hairpin=True):
     """An iptables-save dump where the given mappings are in place."""
     nat = [m.prerouting_rule() for m in mappings] + [m.output_rule() for m in mappings if m.local]
     if ip_forward_mark:
         nat.append(IP_FORWARD_MARK)
     fwd = [m.forward_rule() for m in mappings]
     jumps = ['-A PREROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE']
+    chains = [":NETNS-EXPOSE - [0:0]"]
     if any(m.local for m in mappings):
         jumps.append('-A OUTPUT -m comment --comment "netns.expose" -j NETNS-EXPOSE-LOCAL')
-    local_chain = [":NETNS-EXPOSE-LOCAL - [0:0]"] if any(m.local for m in mappings) else []
+        chains.append(":NETNS-EXPOSE-LOCAL - [0:0]")
+    if hairpin and mappings:
+        jumps.append('-A POSTROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE-POST')
+        chains.append(":NETNS-EXPOSE-POST - [0:0]")
+        nat += [m.hairpin_masquerade_rule() for m in mappings]
     return "\n".join([
-        "*nat", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":NETNS-EXPOSE - [0:0]", *local_chain,
+        "*nat", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]", *chains,
         *jumps, *nat, *filter(None, [extra_nat]), "COMMIT",
         "*filter", ":FORWARD DROP [0:0]", ":NETNS-EXPOSE-FWD - [0:0]",
         '-A FORWARD -m comment --comment "netns.expose" -j NETNS-EXPOSE-FWD', *fwd, *filter(None, [extra_filter]), "COMMIT", "",
@@ -160,7 +166,7 @@ def test_a_new_mapping_is_one_transaction_and_turns_ip_forward_on():
     assert plan.actions == [
         "add mapping web (tcp 8090 -> 10.244.1.2:9090)",
         "update the netns.expose chains and the jumps to them",
-        "commit the rule changes in one iptables-restore --noflush transaction (nft: filter +2 -0, nat +3 -0)",
+        "commit the rule changes in one iptables-restore --noflush transaction (nft: filter +2 -0, nat +5 -0)",
         "set net.ipv4.ip_forward = 1 (was 0)",
     ]
     assert_consistent(plan)
@@ -252,3 +258,81 @@ def test_a_failed_transaction_is_rolled_back_to_the_rules_before_the_run():
     undo = fake.commit.call_args_list[1].args[0]
     assert "-D" + DNS.prerouting_rule()[2:] in undo and "-D" + DNS.forward_rule()[2:] in undo
     assert WEB.prerouting_rule()[3:] not in undo
+
+
+def test_hairpin_rules_map_the_hosts_own_namespaces_and_masquerade_only_the_same_namespace_flow():
+    assert WEB.hairpin_prerouting_rules(("10.244.0.0/16",)) == [
+        "-A NETNS-EXPOSE -s 10.244.0.0/16 -d 10.211.55.122/32 -p tcp -m tcp --dport 8090 "
+        '-m comment --comment "netns.expose:web" -j DNAT --to-destination 10.244.1.2:9090'
+    ]
+    # Without in_interface the mapping's own rule already matches clients on any interface.
+    assert DNS.hairpin_prerouting_rules(("10.244.0.0/16",)) == []
+    assert WEB.hairpin_masquerade_rule() == (
+        "-A NETNS-EXPOSE-POST -s 10.244.1.2/32 -d 10.244.1.2/32 -p tcp -m tcp --dport 9090 "
+        '-m comment --comment "netns.expose:web" -j MASQUERADE'
+    )
+    assert PING.hairpin_masquerade_rule() == (
+        '-A NETNS-EXPOSE-POST -s 10.244.1.2/32 -d 10.244.1.2/32 -p icmp -m comment --comment "netns.expose:ping" -j MASQUERADE'
+    )
+
+
+def test_hairpin_is_an_option_and_its_jump_comes_first_in_postrouting():
+    plan, fake = plan_of(spec([WEB], hairpin_sources=("10.244.0.0/16",)), ip_forward=1)
+    plan.apply()
+    script = fake.commit.call_args.args[0]
+    assert '-I POSTROUTING 1 -m comment --comment "netns.expose" -j NETNS-EXPOSE-POST' in script
+    assert WEB.hairpin_prerouting_rules(("10.244.0.0/16",))[0] in script
+    plan, fake = plan_of(spec([WEB], hairpin=False), ip_forward=1)
+    plan.apply()
+    assert "NETNS-EXPOSE-POST" not in fake.commit.call_args.args[0]
+
+
+@pytest.mark.parametrize("value, problem", [("10.244.1.2/24", "has host bits set"), ("fe80::/64", "is not an IPv4 network"),
+                                            ("nonsense", "is not an IPv4 network")])
+def test_hairpin_sources_must_be_ipv4_networks(value, problem):
+    with pytest.raises(InvalidInput, match=r"^hairpin_sources\[1\]: ") as excinfo:
+        hairpin_sources_from_params(["10.244.0.0/16", value])
+    assert problem in str(excinfo.value)
+    assert hairpin_sources_from_params(["10.244.2.0/24", "10.244.1.0/24", "10.244.2.0/24"]) == ("10.244.1.0/24", "10.244.2.0/24")
+
+
+def conntrack_table(binary="/usr/sbin/conntrack", deleted=2):
+    table = mock.Mock(name="conntrack", binary=binary)
+    table.delete.return_value = deleted
+    return table
+
+
+def conntrack_actions(plan):
+    return [action for action in plan.actions if "conntrack" in action]
+
+
+def test_flows_of_a_mapping_that_is_added_changed_or_removed_are_deleted_and_reported():
+    table = conntrack_table()
+    added = build_plan(backend(), spec([DNS]), parse_save(EMPTY), 1, conntrack=table)
+    assert conntrack_actions(added) == [
+        "delete the conntrack entries of udp port 8053, so that flows older than the change meet the new rules"]
+    assert added.conntrack == [{"protocol": "udp", "port": 8053, "destination": None, "deleted": None}]
+    added.apply()
+    table.delete.assert_called_once_with("udp", 8053, None)
+    assert added.conntrack[0]["deleted"] == 2
+
+    # A port edited by hand: the flows of the wrong port and of the right one.
+    drifted = save_with([WEB], ip_forward_mark=True).replace("--dport 8090", "--dport 8099", 1)
+    changed = build_plan(backend(), spec([WEB]), parse_save(drifted), 1, conntrack=conntrack_table())
+    assert [(entry["port"], entry["destination"]) for entry in changed.conntrack] == [
+        (8090, "10.211.55.122"), (8099, "10.211.55.122")]
+
+    removed = build_plan(backend(), spec([Mapping(name="ping")], state="absent"), parse_save(save_with([WEB, PING])), 1,
+                         conntrack=conntrack_table())
+    assert [(entry["protocol"], entry["port"]) for entry in removed.conntrack] == [("icmp", None)]
+
+
+def test_no_change_deletes_no_flows_and_a_missing_tool_is_a_warning():
+    converged = build_plan(backend(), spec([WEB]), parse_save(save_with([WEB], ip_forward_mark=True)), 1,
+                           conntrack=conntrack_table())
+    assert converged.actions == [] and converged.conntrack == []
+    without_tool = build_plan(backend(), spec([WEB]), parse_save(EMPTY), 1, conntrack=conntrack_table(binary=None))
+    assert conntrack_actions(without_tool) == [] and without_tool.conntrack == []
+    assert without_tool.warnings and "install conntrack" in without_tool.warnings[0]
+    skipped = build_plan(backend(), spec([WEB], flush_conntrack=False), parse_save(EMPTY), 1, conntrack=conntrack_table())
+    assert conntrack_actions(skipped) == [] and not skipped.warnings

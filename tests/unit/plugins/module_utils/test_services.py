@@ -67,6 +67,7 @@ def test_services_become_one_batch_of_pairs_and_one_of_mappings():
     assert result["targets"][0] == {"target": "http-web", "protocol": "tcp", "address": "10.211.55.122", "port": 8090,
                                     "expect": "hello world", "probe": None}
     assert result["targets"][2]["port"] is None
+    assert result["hairpin_sources"] == ["10.244.1.0/24", "10.244.2.0/24"]
     assert result["demo"] == [
         {"name": "http-web", "netns": "ns1", "tcp_ports": [9090], "udp_ports": [53]},
         {"name": "db", "netns": "ns2", "tcp_ports": [5432], "udp_ports": []},
