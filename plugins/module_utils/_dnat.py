@@ -46,6 +46,7 @@ MAPPING_PREFIX = "netns.expose:"
 # the host's own netfilter state, that the collection turned ip_forward on.
 IP_FORWARD_MARK = f'-A {PREROUTING_CHAIN} -m comment --comment "netns.expose/ip_forward-was-0"'
 IP_FORWARD_PATH = "/proc/sys/net/ipv4/ip_forward"
+LOOPBACK = "127.0.0.0/8"
 
 # Letters, digits, '.', '_' and '-', not starting with '-': nothing in a name can
 # close the quoted comment or read as an iptables option.
@@ -89,9 +90,10 @@ class Mapping:
 
     def _prerouting(self, source, in_interface):
         # Without a destination only packets addressed to this host are mapped, so a
-        # host that also routes for others does not hijack their traffic.
+        # host that also routes for others does not hijack their traffic. Not 127.0.0.0/8:
+        # DNAT comes before the routing decision that drops such a packet from the LAN.
         src = f" -s {source}" if source else ""
-        dst = f" -d {self.destination}/32" if self.destination else ""
+        dst = f" -d {self.destination}/32" if self.destination else f" ! -d {LOOPBACK}"
         iif = f" -i {in_interface}" if in_interface else ""
         local = "" if self.destination else " -m addrtype --dst-type LOCAL"
         return (f"-A {PREROUTING_CHAIN}{src}{dst}{iif} -p {self.protocol}{local}{self._match_ports()} "
@@ -115,7 +117,7 @@ class Mapping:
 
     def output_rule(self):
         # 127.0.0.0/8 stays out: mapping it would need route_localnet (CVE-2020-8558).
-        dst = f" -d {self.destination}/32" if self.destination else " ! -d 127.0.0.0/8"
+        dst = f" -d {self.destination}/32" if self.destination else f" ! -d {LOOPBACK}"
         local = "" if self.destination else " -m addrtype --dst-type LOCAL"
         return f"-A {LOCAL_CHAIN}{dst} -p {self.protocol}{local}{self._match_ports()} {self.comment} {self._dnat_target()}"
 
@@ -165,12 +167,21 @@ def mapping_from_params(prefix, params, state):
         name=name,
         protocol=protocol,
         port=port,
-        to_address=str(parse_ipv4_address(f"{prefix}to_address", to_address)),
+        to_address=_not_loopback(f"{prefix}to_address", to_address),
         to_port=to_port,
-        destination=str(parse_ipv4_address(f"{prefix}destination", destination)) if destination else None,
+        destination=_not_loopback(f"{prefix}destination", destination) if destination else None,
         in_interface=check_ifname(f"{prefix}in_interface", in_interface) if in_interface else None,
         local=bool(params.get("local")),
     )
+
+
+def _not_loopback(field, value):
+    """A plain IPv4 address outside 127.0.0.0/8: mapping loopback would need route_localnet (CVE-2020-8558)."""
+    address = parse_ipv4_address(field, value)
+    if address.is_loopback:
+        raise InvalidInput(field, f"{address} is a loopback address: mapping 127.0.0.0/8 would open the host's loopback "
+                                  "services to the LAN (CVE-2020-8558); publish on the host's LAN address instead")
+    return str(address)
 
 
 def mappings_from_params(params):
@@ -242,8 +253,14 @@ def _key_of_rule(line):
     """(protocol, port, destination, in_interface) of an owned PREROUTING rule line."""
     tokens = shlex.split(line)
     values = {}
+    negated = False
     for flag, value in zip(tokens, tokens[1:]):
-        values.setdefault(flag, value)
+        if flag == "!":
+            negated = True  # "! -d 127.0.0.0/8" names no destination
+        elif negated:
+            negated = False
+        else:
+            values.setdefault(flag, value)
     port = values.get("--dport")
     destination = values.get("-d")
     return (values.get("-p"), int(port) if port else None, destination[:-3] if destination else None, values.get("-i"))

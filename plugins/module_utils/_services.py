@@ -133,7 +133,11 @@ class _Service:
             if not host_ip:
                 raise InvalidInput(interface_field, f"{in_interface!r} has no IPv4 address on this host to take host_ip from")
         field = f"{self.where}.host_ip" if raw.get("host_ip") else "expose_host_ip"
-        self.host_ip = str(parse_ipv4_address(field, host_ip))
+        address = parse_ipv4_address(field, host_ip)
+        if address.is_loopback:
+            raise InvalidInput(field, f"{address} is a loopback address: publishing on 127.0.0.0/8 would open the "
+                                      "host's loopback to the LAN (CVE-2020-8558)")
+        self.host_ip = str(address)
 
     def mapping_name(self, port):
         if port["protocol"] == "icmp":

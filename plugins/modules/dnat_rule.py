@@ -38,8 +38,10 @@ description:
     of each mapping it adds, changes or removes, and of no other, and reports them in RV(conntrack).
   - B(No localnet hole.) O(local) maps the host's own addresses in C(OUTPUT), never 127.0.0.0/8, and
     C(route_localnet) is never turned on, so LAN neighbours cannot reach services bound to 127.0.0.1 (CVE-2020-8558).
+    A loopback O(destination) or O(to_address) is refused, and a mapping without O(destination) does not match
+    packets addressed to 127.0.0.0/8, since DNAT in C(PREROUTING) comes before the routing decision that drops them.
   - B(Hairpin.) With O(hairpin), a client in a namespace of the host that reaches a mapping through the host's
-    address gets an answer: a C(MASQUERADE) in C(NETNS-EXPOSE-POST) (jumped to from the top of C(POSTROUTING)) for
+    address gets an answer, through a C(MASQUERADE) in C(NETNS-EXPOSE-POST) (jumped to from the top of C(POSTROUTING)) for
     exactly the flow from O(to_address) to itself on O(to_port), and, for mappings with O(in_interface), the same
     DNAT for traffic from O(hairpin_sources).
 author:

@@ -10,6 +10,9 @@
    "fragmentation needed" from a router beyond the master reaches ns1 (path MTU
    discovery works).
 
+A further test documents a known gap (xfail while it holds): a mapping without
+`destination`, or with `destination: 127.0.0.1`, DNATs LAN packets addressed to 127.0.0.1.
+
 Each test also runs a positive control: the same traffic against a hand-made rule (or
 a sysctl) with the bad behaviour, showing that its check does detect it. Everything a
 test builds is registered in an ExitStack (`undo`) as soon as it exists, and removed
@@ -30,14 +33,13 @@ from master_host import MASTER, scrub_netfilter, sh
 SLAVE = "slave"
 HERE = Path(__file__).resolve().parent
 DEMO_SERVICE = HERE.parents[1] / "roles" / "expose" / "files" / "demo_service.py"
-REPLY = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
 MASTER_IP = "10.211.55.122"
 NS_IP = "10.244.1.2"
 VETH = dict(netns="ns1", ns_ifname="veth1a", host_ifname="veth1b", ns_address=f"{NS_IP}/24", host_address="10.244.1.3/24")
 WEB = dict(name="web", protocol="tcp", port=8090, to_address=NS_IP, to_port=9090, in_interface="eth0")
 DNS = dict(name="dns", protocol="udp", port=8053, to_address=NS_IP, to_port=5353, in_interface="eth0")
-# What the slave's curl gets through the mapping, as opposed to from somewhere else.
-MAPPED = REPLY
+# The demo service's answer: what a client gets through the mapping, as opposed to from anywhere else.
+MAPPED = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
 TIMEOUT = 5  # seconds for a client that is expected to get nothing (the machine may be slow)
 
 # Answers every GET with the bytes of a file: python3 -c HTTP_SERVER ADDRESS PORT FILE.
@@ -155,11 +157,13 @@ def start(undo, lab, argv, port, host=MASTER, netns=None):
 
 
 def stop(pid):
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    """SIGTERM, and SIGKILL if it is still there after 10 s."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def serve_file(undo, lab, tmp_path, content, address, port, host=MASTER, netns=None):
@@ -343,21 +347,26 @@ def test_local_true_keeps_the_masters_loopback_closed_to_the_lan(ns1, undo, run_
     assert fetch(lab, SLAVE, LOOPBACK_SERVICE_URL) is None
 
 
-def test_known_gap_a_mapping_without_destination_also_answers_127_0_0_1_from_the_lan(ns1, undo, run_module):
-    """KNOWN GAP (xfail while it holds): `-m addrtype --dst-type LOCAL` also matches 127.0.0.0/8, and PREROUTING
-    DNAT happens before the routing decision that would drop a loopback destination from eth0 as martian. So a
-    LAN neighbour that sends packets for 127.0.0.1:8090 to the master's MAC reaches the mapped service, and the
-    master puts answers with source 127.0.0.1 on the LAN. No service bound to 127.0.0.1 is exposed (the target
-    is the mapped one), but the mapping is reachable under an address no LAN packet should carry. The OUTPUT
-    rule already excludes `! -d 127.0.0.0/8`; the PREROUTING rule without destination does not.
+def test_lan_packets_for_127_0_0_1_are_not_mapped(ns1, undo, run_module):
+    """PROVES: PREROUTING DNAT happens before the routing decision that would drop a packet for 127.0.0.1 from
+    eth0 as martian, so a mapping must not match such packets. Without `destination` the mapping's rule has
+    `! -d 127.0.0.0/8` next to `-m addrtype --dst-type LOCAL` (which matches loopback addresses too): a LAN
+    neighbour that sends packets for 127.0.0.1:8090 to the master's MAC gets nothing from ns1. A loopback
+    `destination` (what `docker run -p 127.0.0.1:8090:9090` would suggest) is refused, naming the field.
+
+    Control: the packets do reach the master (a counter in its raw PREROUTING counts them), so "nothing" is
+    the mapping's doing, not a lost route.
     """
     lab = ns1
-    mapping(undo, run_module, WEB)
+    undo.once("web", run_ok, run_module, MASTER, "netns.expose.dnat_rule", {"name": "web", "state": "absent"})
+    refused = run_module(MASTER, "netns.expose.dnat_rule", {**WEB, "destination": "127.0.0.1"})
+    assert refused["failed"] and refused["msg"].startswith("destination: 127.0.0.1 is a loopback address"), refused
+    run_ok(run_module, MASTER, "netns.expose.dnat_rule", WEB)
     slave_sends_loopback_to_master(undo, lab)
     arrived = count_arrivals(undo, lab, 8090)
-    if fetch(lab, SLAVE, "http://127.0.0.1:8090/") == MAPPED:
-        pytest.xfail("a LAN packet for 127.0.0.1:8090 is DNAT-ed into ns1 (PREROUTING lacks ! -d 127.0.0.0/8)")
+    assert fetch(lab, SLAVE, "http://127.0.0.1:8090/") is None, "a LAN packet for 127.0.0.1:8090 was DNAT-ed into ns1"
     assert arrived() > 0, "the slave's packets for 127.0.0.1 never reached the master: the check proves nothing"
+    assert fetch(lab, SLAVE, f"http://{MASTER_IP}:8090/") == MAPPED
 
 
 # 3. ICMP errors about a mapped flow pass a FORWARD DROP master.

@@ -33,11 +33,11 @@ def test_rules_are_written_as_iptables_save_prints_them():
     )
     # Without a destination, only packets for this host's own addresses.
     assert DNS.prerouting_rule() == (
-        "-A NETNS-EXPOSE -p udp -m addrtype --dst-type LOCAL -m udp --dport 8053 "
+        "-A NETNS-EXPOSE ! -d 127.0.0.0/8 -p udp -m addrtype --dst-type LOCAL -m udp --dport 8053 "
         '-m comment --comment "netns.expose:dns" -j DNAT --to-destination 10.244.1.2:53'
     )
     assert PING.prerouting_rule() == (
-        "-A NETNS-EXPOSE -i eth0 -p icmp -m addrtype --dst-type LOCAL "
+        "-A NETNS-EXPOSE ! -d 127.0.0.0/8 -i eth0 -p icmp -m addrtype --dst-type LOCAL "
         '-m comment --comment "netns.expose:ping" -j DNAT --to-destination 10.244.1.2'
     )
     assert PING.output_rule() == (
@@ -92,6 +92,8 @@ def test_names_that_would_not_survive_as_a_comment_are_refused(name):
         (dict(to_address="fd00::2"), "to_address", "not an IPv4"),
         (dict(to_address=None), "to_address", "required"),
         (dict(destination="10.211.55.0/24"), "destination", "CIDR"),
+        (dict(destination="127.0.0.1"), "destination", "loopback address"),
+        (dict(to_address="127.0.0.53"), "to_address", "loopback address"),
         (dict(in_interface="eth0 -j ACCEPT"), "in_interface", "must not contain"),
         (dict(in_interface="a" * 16), "in_interface", "at most 15"),
     ],

@@ -137,6 +137,7 @@ def test_string_ports_from_inventories_are_numbers():
     ([with_changes(WEB, ports=[{"protocol": "sctp", "host_port": 80}])], "expose_services[0] (http-web).ports[0].protocol",
      "'sctp' is not one of"),
     ([with_changes(WEB, host_ip="10.211.55.0/24")], "expose_services[0] (http-web).host_ip", "is a CIDR"),
+    ([with_changes(WEB, host_ip="127.0.0.1")], "expose_services[0] (http-web).host_ip", "is a loopback address"),
     ([with_changes(WEB, in_interface="eth9")], "expose_services[0] (http-web).in_interface",
      "'eth9' has no IPv4 address on this host to take host_ip from"),
 ])
