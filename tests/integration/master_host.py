@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 MASTER = "master"
 VARIANTS = ("nft", "legacy")
+DEMO_SERVICE = Path(__file__).resolve().parents[2] / "roles" / "expose" / "files" / "demo_service.py"
+# What the demo service answers, as the recipe's service does.
+DEMO_REPLY = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
+# The recipe's pair: ns1 behind veth1b.
+RECIPE_PAIR = dict(netns="ns1", ns_ifname="veth1a", host_ifname="veth1b", ns_address="10.244.1.2/24",
+                   host_address="10.244.1.3/24")
 
 
 def sh(lab, *argv, check=True, stdin=None, host=MASTER):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from master_host import MASTER, sh
+from master_host import DEMO_REPLY as REPLY, MASTER, RECIPE_PAIR as VETH, sh
 
 HERE = Path(__file__).resolve().parent
 ROLE = HERE.parents[1] / "roles" / "expose"
@@ -26,8 +26,6 @@ UDP_ECHO = HERE / "udp_echo.py"
 SLAVE = "slave"
 NETNS = "ns1"
 NS_IP = "10.244.1.2"
-VETH = dict(netns=NETNS, ns_ifname="veth1a", host_ifname="veth1b", ns_address=f"{NS_IP}/24", host_address="10.244.1.3/24")
-REPLY = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
 STATE_ROOT = "/run/netns-expose-demo"
 WEB = {"name": "web", "netns": NETNS, "tcp_ports": [9090, 9091], "udp_ports": [5353]}
 DNS = {"name": "dns", "netns": NETNS, "tcp_ports": [], "udp_ports": [53]}

@@ -25,21 +25,15 @@ import os
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from master_host import MASTER, scrub_netfilter, sh
+from master_host import DEMO_REPLY as MAPPED, DEMO_SERVICE, MASTER, RECIPE_PAIR as VETH, scrub_netfilter, sh
 
 SLAVE = "slave"
-HERE = Path(__file__).resolve().parent
-DEMO_SERVICE = HERE.parents[1] / "roles" / "expose" / "files" / "demo_service.py"
 MASTER_IP = "10.211.55.122"
 NS_IP = "10.244.1.2"
-VETH = dict(netns="ns1", ns_ifname="veth1a", host_ifname="veth1b", ns_address=f"{NS_IP}/24", host_address="10.244.1.3/24")
 WEB = dict(name="web", protocol="tcp", port=8090, to_address=NS_IP, to_port=9090, in_interface="eth0")
 DNS = dict(name="dns", protocol="udp", port=8053, to_address=NS_IP, to_port=5353, in_interface="eth0")
-# The demo service's answer: what a client gets through the mapping, as opposed to from anywhere else.
-MAPPED = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
 TIMEOUT = 5  # seconds for a client that is expected to get nothing (the machine may be slow)
 
 # Answers every GET with the bytes of a file: python3 -c HTTP_SERVER ADDRESS PORT FILE.

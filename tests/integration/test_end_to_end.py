@@ -9,19 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from master_host import sh, scrub_netfilter
+from master_host import DEMO_REPLY as REPLY, DEMO_SERVICE, RECIPE_PAIR as VETH, scrub_netfilter, sh
 
 HERE = Path(__file__).resolve().parent
-DEMO_SERVICE = HERE.parents[1] / "roles" / "expose" / "files" / "demo_service.py"
 UDP_ECHO = HERE / "udp_echo.py"
-VETH = dict(netns="ns1", ns_ifname="veth1a", host_ifname="veth1b", ns_address="10.244.1.2/24", host_address="10.244.1.3/24")
 MAPPINGS = [
     dict(name="web", protocol="tcp", port=8090, to_address="10.244.1.2", to_port=9090, destination="10.211.55.122",
          in_interface="eth0"),
     dict(name="dns", protocol="udp", port=8053, to_address="10.244.1.2", to_port=5353, in_interface="eth0"),
     dict(name="ping", protocol="icmp", to_address="10.244.1.2", in_interface="eth0"),
 ]
-REPLY = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import LAB_INVENTORY, AnsibleRunner, session_lab_name
-from master_host import VARIANTS
+from master_host import DEMO_REPLY, VARIANTS
 
 import nslab
 
 REPO = Path(__file__).resolve().parents[2]
 EXPOSE = REPO / "playbooks" / "expose.yml"
 VERIFY = REPO / "playbooks" / "verify.yml"
-REPLY = {"Age": 12, "Msg": "hello world! this is DNAT+bridge+Veth pair Test!"}
+REPLY = json.loads(DEMO_REPLY)
 MASTERS = {"m1": "10.211.55.122", "m2": "10.211.55.124"}
 SLAVES = {"s1": "10.211.55.123", "s2": "10.211.55.125"}
 SERVICE = {

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from master_host import MASTER, sh
+from master_host import DEMO_SERVICE, MASTER, sh
 
 HERE = Path(__file__).resolve().parent
-DEMO_SERVICE = HERE.parents[1] / "roles" / "expose" / "files" / "demo_service.py"
 UDP_ECHO = HERE / "udp_echo.py"
 MODULE = "netns.expose.probe"
 SLAVE = "slave"

@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 
 import pytest
-from master_host import MASTER, VARIANTS, save, scrub_netfilter, sh
+from master_host import DEMO_REPLY, MASTER, VARIANTS, save, scrub_netfilter, sh
 
 REPO = Path(__file__).resolve().parents[2]
 EXPOSE = REPO / "playbooks" / "expose.yml"
 VERIFY = REPO / "playbooks" / "verify.yml"
-REPLY = {"Age": 12, "Msg": "hello world! this is DNAT+bridge+Veth pair Test!"}
+REPLY = json.loads(DEMO_REPLY)
 
 
 def host_state(lab, host=MASTER):
