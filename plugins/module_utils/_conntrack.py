@@ -38,7 +38,7 @@ class ConntrackError(Exception):
 
 
 class ConntrackTable:
-    """The host's conntrack table, through module.run_command; None-safe when the tool is missing."""
+    """The host's conntrack table, through module.run_command; `binary` is None when the tool is missing."""
 
     def __init__(self, module):
         self.module = module

@@ -10,6 +10,7 @@
 - run_playbook(path_or_text, extra_vars=None, check=False, diff=False) -> the whole run as a dict.
 - host_exec(host, argv, **kwargs) -> subprocess.CompletedProcess, argv run in a lab host.
 - make_lab(suffix) -> a further Lab (not built) with the same hosts, taken down after the test.
+- failures(run) -> (task name, message) of each failed task of a run_playbook result.
 - python -> each of the interpreters with pyroute2 0.7.x and 0.9.x, for tests that run on both.
 
 Ansible runs with the environment of hack/env.sh and the stdout callback in
@@ -199,6 +200,18 @@ def python(request):
                              capture_output=True, text=True, check=True).stdout.strip()
     assert version.startswith(request.param.split("-")[1]), f"{interpreter} has pyroute2 {version}"
     return interpreter
+
+
+def failures(run):
+    """(task name, message) of every failure, with the message of each failed loop item."""
+    found = []
+    for play in run["plays"]:
+        for task in play["tasks"]:
+            for result in task["hosts"].values():
+                if result.get("failed"):
+                    items = [item.get("msg") for item in result.get("results", []) if item.get("failed")]
+                    found.append((task["task"]["name"], " ".join(map(str, items)) or result.get("msg")))
+    return found
 
 
 @pytest.fixture(scope="session")

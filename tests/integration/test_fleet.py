@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LAB_INVENTORY, AnsibleRunner, session_lab_name
+from conftest import LAB_INVENTORY, AnsibleRunner, failures, session_lab_name
 from master_host import DEMO_REPLY, VARIANTS
 
 import nslab
@@ -53,11 +53,6 @@ def fleet(tmp_path_factory, ansible_env):
         yield lab, AnsibleRunner(path, workdir, ansible_env)
     finally:
         lab.down()
-
-
-def failures(run):
-    return [(task["task"]["name"], result.get("msg"), [item.get("msg") for item in result.get("results", [])])
-            for play in run["plays"] for task in play["tasks"] for result in task["hosts"].values() if result.get("failed")]
 
 
 def get(lab, slave, address, port):

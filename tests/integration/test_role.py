@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import failures
 from master_host import DEMO_REPLY, MASTER, VARIANTS, save, scrub_netfilter, sh
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,18 +55,6 @@ def task_results(run, host=MASTER):
 
 def changed_tasks(run, host=MASTER):
     return [name for name, result in task_results(run, host) if result.get("changed")]
-
-
-def failures(run):
-    """(task name, message) of every failure, with the message of each failed loop item."""
-    found = []
-    for play in run["plays"]:
-        for task in play["tasks"]:
-            for result in task["hosts"].values():
-                if result.get("failed"):
-                    items = [item.get("msg") for item in result.get("results", []) if item.get("failed")]
-                    found.append((task["task"]["name"], " ".join(map(str, items)) or result.get("msg")))
-    return found
 
 
 def module_calls(run, host=MASTER):
