@@ -12,6 +12,8 @@ apt_packages=(
   python3 python3-venv
   # The system Python is the managed-host interpreter of the pyroute2 0.7.x tests.
   python3-pyroute2
+  # The lab's machines (tests/lab/machines.py): the image, the local repository, booting, SSH.
+  mmdebstrap systemd-container apt-utils openssh-client
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -22,6 +22,7 @@ from ansible_collections.netns.expose.plugins.module_utils._iptables import (
     restore_script,
     rule_comment,
 )
+from ansible_collections.netns.expose.plugins.module_utils._packages import install_hint
 from ansible_collections.netns.expose.plugins.module_utils._plan import REMOVE, Plan
 from ansible_collections.netns.expose.plugins.module_utils._validation import (
     InvalidInput,
@@ -379,7 +380,7 @@ def _plan_conntrack(plan, conntrack, keys):
     if conntrack.binary is None:
         plan.warnings.append(
             "conntrack (the tool) was not found: flows that started before this change keep their old translation "
-            "until their conntrack entries expire; install conntrack to have them deleted")
+            f"until their conntrack entries expire; to have them deleted, {install_hint('conntrack')}")
         return
     for protocol, port, destination in sorted(keys, key=lambda key: (key[0], key[1] or 0, key[2] or "")):
         entry = {"protocol": protocol, "port": port, "destination": destination, "deleted": None}

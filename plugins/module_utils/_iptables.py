@@ -17,6 +17,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ansible_collections.netns.expose.plugins.module_utils._packages import install_hint
+
 OWNER_COMMENT = "netns.expose"
 JUMP_COMMENT = f'-m comment --comment "{OWNER_COMMENT}"'
 # Seconds iptables-restore waits for the xtables lock held by another program.
@@ -168,8 +170,14 @@ class IptablesBackend:
     def __init__(self, module, variant):
         self.module = module
         self.variant = self.detect_variant() if variant == "auto" else variant
-        self.save_bin = module.get_bin_path(f"iptables-{self.variant}-save", required=True)
-        self.restore_bin = module.get_bin_path(f"iptables-{self.variant}-restore", required=True)
+        self.save_bin = self._binary(f"iptables-{self.variant}-save")
+        self.restore_bin = self._binary(f"iptables-{self.variant}-restore")
+
+    def _binary(self, name):
+        path = self.module.get_bin_path(name)
+        if not path:
+            raise IptablesError(f"iptables: {name} was not found on the host; {install_hint('iptables')}")
+        return path
 
     def detect_variant(self):
         """The variant the host's `iptables` command uses, as Docker and the admin will."""
@@ -183,7 +191,8 @@ class IptablesBackend:
         for variant in VARIANTS:
             if self.module.get_bin_path(f"iptables-{variant}-restore"):
                 return variant
-        raise IptablesError("iptables: no iptables-nft-restore or iptables-legacy-restore found on the host")
+        raise IptablesError("iptables: no iptables-nft-restore or iptables-legacy-restore found on the host; "
+                            + install_hint("iptables"))
 
     def read(self):
         rc, out, err = self.module.run_command([self.save_bin])

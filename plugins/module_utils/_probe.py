@@ -9,10 +9,13 @@ their results come back in input order.
 """
 from __future__ import annotations
 
+import errno
 import http.client
 import math
-import re
+import os
+import random
 import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +32,11 @@ DETAIL_LIMIT = 60  # characters of a reply quoted in `detail`
 RETRY_PAUSE = 1.0  # seconds between the attempts of a check
 MAX_PARALLEL = 16
 USER_AGENT = "netns.expose.probe"
-PING_TIME = re.compile(r"time[=<]\s*([0-9.]+)\s*ms")
+ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
+ICMP_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
+ECHO_PAYLOAD_SIZE = 56  # random bytes in an echo request, as many as ping sends
+# How the kernel refuses a socket the process may not have: then the next kind is tried.
+ICMP_REFUSED = (errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT, errno.EAFNOSUPPORT)
 
 
 @dataclass(frozen=True)
@@ -148,14 +155,19 @@ def _quote(text):
     return repr(text if len(text) <= DETAIL_LIMIT else text[:DETAIL_LIMIT] + "...")
 
 
+def _reason(exc):
+    """What an OSError says, starting lower case ('permission denied')."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
+
+
 def _socket_error(exc, timeout):
     """A short reason for a failed connection or exchange."""
     if isinstance(exc, socket.timeout):
         return f"timed out after {_seconds(timeout)}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return reason[:1].lower() + reason[1:]
+    return _reason(exc)
 
 
 def http_attempt(check, timeout):
@@ -206,52 +218,117 @@ def udp_attempt(check, timeout):
     return Attempt(True, f"reply {_quote(reply)}", latency, extra)
 
 
-def ping_wait(timeout):
-    """Seconds ping waits for the reply: -W takes whole seconds on every ping, so round up."""
-    return max(1, math.ceil(timeout))
+class IcmpUnavailable(Exception):
+    """Neither kind of ICMP socket can be opened."""
 
 
-def ping_argv(ping, address, timeout):
-    """One echo request; -n: no reverse lookup of the replying address."""
-    return [ping, "-n", "-c", "1", "-W", str(ping_wait(timeout)), address]
+def _refused(exc):
+    return isinstance(exc, PermissionError) or exc.errno in ICMP_REFUSED
 
 
-def ping_latency(output):
-    """The round trip ping printed (time=0.045 ms), or None."""
-    match = PING_TIME.search(output)
-    return round(float(match.group(1)), 1) if match else None
+def open_icmp_socket(new_socket=socket.socket):
+    """An ICMP socket and whether it is raw: (socket, raw).
+
+    First a ping socket (SOCK_DGRAM), which needs no privilege when net.ipv4.ping_group_range
+    admits the process's group; the kernel sets the identifier of its echo requests and hands
+    it only the replies to them, without IP header. Else a raw socket (root or CAP_NET_RAW),
+    which gets every ICMP packet the host receives, each with its IP header.
+    """
+    try:
+        return new_socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP), False
+    except OSError as exc:
+        if not _refused(exc):
+            raise IcmpUnavailable(f"cannot open an ICMP socket: {_reason(exc)}") from exc
+    try:
+        return new_socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP), True
+    except OSError as exc:
+        hint = " (needs root or net.ipv4.ping_group_range)" if _refused(exc) else ""
+        raise IcmpUnavailable(f"cannot open an ICMP socket: {_reason(exc)}{hint}") from exc
 
 
-def icmp_attempt(check, timeout, ping, run_command):
-    """ping is the binary's path; run_command(argv) -> (rc, stdout, stderr), as AnsibleModule.run_command."""
-    started = time.monotonic()
-    rc, out, err = run_command(ping_argv(ping, check.address, timeout))
-    measured = _elapsed_ms(started)
-    if rc == 0:
-        latency = ping_latency(out)
-        return Attempt(True, "echo reply", measured if latency is None else latency)
-    if rc == 1:  # ping's "sent, but no reply"
-        return Attempt(False, f"no reply within {_seconds(ping_wait(timeout))}")
-    lines = (err or out).strip().splitlines()
-    return Attempt(False, f"ping failed (rc {rc}): {lines[-1] if lines else 'no output'}")
+def icmp_checksum(data):
+    """The Internet checksum (RFC 1071): one's complement of the one's complement sum of 16-bit words."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def echo_request(identifier, sequence, payload):
+    """An ICMP echo request (no IP header), with its checksum."""
+    header = ICMP_HEADER.pack(ICMP_ECHO_REQUEST, 0, 0, identifier, sequence)
+    checksum = icmp_checksum(header + payload)
+    return ICMP_HEADER.pack(ICMP_ECHO_REQUEST, 0, checksum, identifier, sequence) + payload
+
+
+def parse_echo_reply(data, raw):
+    """(identifier, sequence, payload) of an ICMP echo reply, or None for anything else.
+
+    raw: data is what a raw socket received, so it starts with the IPv4 header.
+    """
+    if raw:
+        if len(data) < 20 or data[0] >> 4 != 4:
+            return None
+        data = data[(data[0] & 0x0F) * 4:]
+    if len(data) < ICMP_HEADER.size:
+        return None
+    kind, code, _checksum, identifier, sequence = ICMP_HEADER.unpack_from(data)
+    if (kind, code) != (ICMP_ECHO_REPLY, 0):
+        return None
+    return identifier, sequence, data[ICMP_HEADER.size:]
+
+
+def icmp_attempt(check, timeout, new_socket=socket.socket):
+    """One echo request with a random payload; waits up to timeout for its reply.
+
+    Other packets (replies to other checks or programs, our own request looped back on a raw
+    socket, errors such as host unreachable) are passed over: as with ping, only the reply counts.
+    """
+    try:
+        sock, raw = open_icmp_socket(new_socket)
+    except IcmpUnavailable as exc:
+        return Attempt(False, str(exc))
+    identifier, sequence = random.getrandbits(16), random.getrandbits(16)
+    payload = os.urandom(ECHO_PAYLOAD_SIZE)
+    with sock:
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            sock.settimeout(timeout)
+            sock.sendto(echo_request(identifier, sequence, payload), (check.address, 0))
+            if not raw:  # the kernel put the socket's port in as the identifier
+                identifier = sock.getsockname()[1]
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise socket.timeout()
+                sock.settimeout(remaining)
+                data, peer = sock.recvfrom(65535)
+                if peer[0] == check.address and parse_echo_reply(data, raw) == (identifier, sequence, payload):
+                    return Attempt(True, "echo reply", _elapsed_ms(started))
+        except socket.timeout:
+            return Attempt(False, f"no reply within {_seconds(timeout)}")
+        except OSError as exc:
+            return Attempt(False, _socket_error(exc, timeout))
 
 
 class Prober:
-    """Runs checks with retries; ping (path) and run_command are needed only for icmp checks."""
+    """Runs checks with retries; new_socket makes the sockets of icmp checks (socket.socket)."""
 
-    def __init__(self, timeout, retries, ping=None, run_command=None, sleep=time.sleep):
+    def __init__(self, timeout, retries, sleep=time.sleep, new_socket=socket.socket):
         self.timeout = timeout
         self.retries = retries
-        self.ping = ping
-        self.run_command = run_command
         self.sleep = sleep
+        self.new_socket = new_socket
 
     def attempt(self, check):
         if check.protocol == "tcp":
             return http_attempt(check, self.timeout)
         if check.protocol == "udp":
             return udp_attempt(check, self.timeout)
-        return icmp_attempt(check, self.timeout, self.ping, self.run_command)
+        return icmp_attempt(check, self.timeout, self.new_socket)
 
     def run(self, check):
         """The result of one check: its last attempt, after up to `retries` more while it fails."""

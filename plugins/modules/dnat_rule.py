@@ -57,7 +57,7 @@ attributes:
   platform:
     platforms: linux
 requirements:
-  - iptables (the nft or the legacy variant) on the managed host
+  - iptables (the nft or the legacy variant) on the managed host; M(netns.expose.prerequisites) installs it
 options:
   name:
     description:

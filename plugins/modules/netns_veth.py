@@ -35,7 +35,7 @@ attributes:
   platform:
     platforms: linux
 requirements:
-  - pyroute2 >= 0.7.2 on the managed host (0.7.x and 0.9.x are tested)
+  - pyroute2 >= 0.7.2 on the managed host (0.7.x and 0.9.x are tested); M(netns.expose.prerequisites) installs it
 options:
   netns:
     description:
@@ -243,6 +243,7 @@ from ansible_collections.netns.expose.plugins.module_utils._netlink import (
     Netlink,
 )
 from ansible_collections.netns.expose.plugins.module_utils._netns_veth import VethRun
+from ansible_collections.netns.expose.plugins.module_utils._packages import install_hint
 from ansible_collections.netns.expose.plugins.module_utils._plan import PlanApplyError
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
 
@@ -270,7 +271,8 @@ def main():
         supports_check_mode=True,
     )
     if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
+        module.fail_json(msg=f"{missing_required_lib('pyroute2')}. To fix it, {install_hint('pyroute2')}.",
+                         exception=PYROUTE2_IMPORT_ERROR)
 
     with Netlink() as netlink:
         try:

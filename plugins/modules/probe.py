@@ -17,7 +17,9 @@ description:
   - V(udp) checks send one datagram (O(checks[].probe)) from a connected socket and wait for the reply.
     A UDP check with neither O(checks[].probe) nor O(checks[].expect) is reported as skipped, because nothing tells
     what the service answers.
-  - V(icmp) checks run the system C(ping) once (C(ping -n -c 1 -W <seconds> <address>)).
+  - V(icmp) checks send one ICMP echo request (with a random payload) and wait for its echo reply. The module does
+    this itself, without a C(ping) program, through a ping socket when C(net.ipv4.ping_group_range) admits the
+    user's group, or else through a raw socket, which needs root (or C(CAP_NET_RAW)).
   - The checks run side by side (up to 16 at a time), so a dead service delays only its own result; the results
     come back in the order of O(checks).
   - All checks are validated before any packet is sent.
@@ -36,8 +38,6 @@ attributes:
     support: none
   platform:
     platforms: linux
-requirements:
-  - C(ping) on the managed host, for V(icmp) checks only (iputils or BusyBox)
 options:
   checks:
     description:
@@ -83,8 +83,8 @@ options:
         type: str
   timeout:
     description:
-      - Seconds to wait for each attempt of a check (connecting, then each read; the reply of a UDP probe).
-      - C(ping) takes whole seconds, so V(icmp) checks wait this rounded up to the next second.
+      - Seconds to wait for each attempt of a check (connecting, then each read; the reply of a UDP probe or of an
+        ICMP echo request).
     type: float
     default: 3
   retries:
@@ -164,7 +164,7 @@ results:
     latency_ms:
       description:
         - Milliseconds from sending to the complete answer of the last attempt, 1 decimal (for V(icmp), the round trip
-          C(ping) printed, or else the time C(ping) took).
+          of the echo request).
         - V(null) when nothing answered (refused, timed out, skipped). A wrong answer still has a latency.
       type: float
       sample: 1.3
@@ -230,9 +230,8 @@ def main():
         checks = parse_checks(params["checks"], params["timeout"], params["retries"])
     except InvalidInput as exc:
         module.fail_json(msg=str(exc))
-    ping = module.get_bin_path("ping", required=True) if any(check.protocol == "icmp" for check in checks) else None
 
-    results = Prober(params["timeout"], params["retries"], ping=ping, run_command=module.run_command).run_all(checks)
+    results = Prober(params["timeout"], params["retries"]).run_all(checks)
     failed_checks = len(failed(results))
     if failed_checks and params["fail_on_error"]:
         module.fail_json(msg=failure_message(results), results=results, failed_checks=failed_checks)

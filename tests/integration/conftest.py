@@ -10,6 +10,9 @@
 - run_playbook(path_or_text, extra_vars=None, check=False, diff=False) -> the whole run as a dict.
 - host_exec(host, argv, **kwargs) -> subprocess.CompletedProcess, argv run in a lab host.
 - make_lab(suffix) -> a further Lab (not built) with the same hosts, taken down after the test.
+- machine_lab (session): a Lab of booted machines (master and slave, tests/lab/machines.yml),
+  built only when a test asks for it; machine_ansible runs Ansible against it over SSH.
+- make_machine_lab(suffix) -> (Lab, inventory path) of further machines, not built, taken down after the test.
 - failures(run) -> (task name, message) of each failed task of a run_playbook result.
 - python -> each of the interpreters with pyroute2 0.7.x and 0.9.x, for tests that run on both.
 
@@ -30,6 +33,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_INVENTORY = REPO / "tests" / "lab" / "inventory.yml"
+MACHINES_INVENTORY = REPO / "tests" / "lab" / "machines.yml"
 CALLBACK_PLUGINS = Path(__file__).resolve().parent / "callback_plugins"
 ANSIBLE_TIMEOUT = 600  # seconds for one ansible-playbook run
 
@@ -48,14 +52,19 @@ def session_lab_name():
     return f"pt{os.getpid()}"
 
 
+def inventory_copy(source, lab_name, directory):
+    """A copy of a lab inventory (its hosts under the group lab) in directory, with another lab_name."""
+    inventory = yaml.safe_load(source.read_text(encoding="utf-8"))
+    inventory["all"]["children"]["lab"]["vars"]["lab_name"] = lab_name
+    path = Path(directory) / source.name
+    path.write_text(yaml.safe_dump(inventory), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def lab_inventory(tmp_path_factory):
     """tests/lab/inventory.yml with this session's lab_name."""
-    inventory = yaml.safe_load(LAB_INVENTORY.read_text(encoding="utf-8"))
-    inventory["all"]["children"]["lab"]["vars"]["lab_name"] = session_lab_name()
-    path = tmp_path_factory.mktemp("lab") / "inventory.yml"
-    path.write_text(yaml.safe_dump(inventory), encoding="utf-8")
-    return path
+    return inventory_copy(LAB_INVENTORY, session_lab_name(), tmp_path_factory.mktemp("lab"))
 
 
 @pytest.fixture(scope="session")
@@ -212,6 +221,45 @@ def failures(run):
                     items = [item.get("msg") for item in result.get("results", []) if item.get("failed")]
                     found.append((task["task"]["name"], " ".join(map(str, items)) or result.get("msg")))
     return found
+
+
+@pytest.fixture(scope="session")
+def machine_inventory(tmp_path_factory):
+    """tests/lab/machines.yml with a lab_name of this session's."""
+    return inventory_copy(MACHINES_INVENTORY, f"{session_lab_name()}m", tmp_path_factory.mktemp("machines"))
+
+
+@pytest.fixture(scope="session")
+def machine_lab(request, machine_inventory):
+    """The session's lab of machines (master and slave), booted; taken down at the end of the session."""
+    session_lab = nslab.Lab.from_inventory(machine_inventory)
+    session_lab.down()
+    request.addfinalizer(session_lab.down)
+    session_lab.up()
+    return session_lab
+
+
+@pytest.fixture(scope="session")
+def machine_ansible(machine_lab, machine_inventory, ansible_env, tmp_path_factory):
+    return AnsibleRunner(machine_inventory, tmp_path_factory.mktemp("machine-ansible"), ansible_env)
+
+
+@pytest.fixture
+def make_machine_lab(machine_inventory, tmp_path):
+    """make_machine_lab(suffix) -> (Lab, inventory) of machines like the session's, not built; taken down after the test."""
+    made = []
+
+    def make(suffix):
+        directory = tmp_path / suffix
+        directory.mkdir()
+        inventory = inventory_copy(MACHINES_INVENTORY, f"{session_lab_name()}m-{suffix}", directory)
+        extra = nslab.Lab.from_inventory(inventory)
+        made.append(extra)
+        return extra, inventory
+
+    yield make
+    for extra in made:
+        extra.down()
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ def installed(tmp_path_factory):
     ["netns.expose.netns_veth"],
     ["netns.expose.dnat_rule"],
     ["netns.expose.probe"],
+    ["netns.expose.prerequisites"],
     ["-t", "connection", "netns.expose.nsenter"],
     ["-t", "filter", "netns.expose.services_plan"],
 ])

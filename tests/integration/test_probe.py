@@ -8,12 +8,14 @@ namespace, so killing by name could reach other labs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from master_host import DEMO_SERVICE, MASTER, sh
 
 HERE = Path(__file__).resolve().parent
@@ -147,6 +149,39 @@ def test_fail_on_error_names_each_failed_target_and_port(http_log, run_module):
     )
     assert result["failed_checks"] == 2
     assert [r["ok"] for r in result["results"]] == [True, False, False]
+
+
+def test_icmp_needs_no_ping_program(run_playbook, tmp_path):
+    """The module pings by itself: run with a PATH where no ping is, it still gets the master's echo reply.
+
+    The lab hosts share this machine's filesystem. The old module found ping with Ansible's
+    get_bin_path, which searches PATH and then /sbin, /usr/sbin and /usr/local/sbin: ping must not
+    be in those, and a task with the same PATH must fail to run ping, for the test to prove anything.
+    """
+    assert not [directory for directory in ("/sbin", "/usr/sbin", "/usr/local/sbin")
+                if os.path.exists(os.path.join(directory, "ping"))]
+    no_programs = tmp_path / "no-programs"
+    no_programs.mkdir()
+    play = {
+        "name": "probe without ping", "hosts": SLAVE, "gather_facts": False,
+        "environment": {"PATH": str(no_programs)},
+        "tasks": [
+            {"name": "ping is not there", "ansible.builtin.command": {"argv": ["ping", "-n", "-c", "1", "-W", "1", MASTER_IP]},
+             "ignore_errors": True},
+            {"name": "probe", MODULE: {"checks": [icmp(), icmp(NOBODY_IP, target="ghost")], "timeout": 1,
+                                       "fail_on_error": False}},
+        ],
+    }
+    run = run_playbook(yaml.safe_dump([play], sort_keys=False))
+    ping_run, probed = (task["hosts"][SLAVE] for task in run["plays"][0]["tasks"])
+    # What run_command says when the program is not found: the errno of the failed exec.
+    assert ping_run.get("failed") and (ping_run["rc"], ping_run["msg"]) == (errno.ENOENT, "Error executing command."), ping_run
+    assert not probed.get("failed"), probed
+    assert probed["failed_checks"] == 1
+    master, ghost = probed["results"]
+    assert (master["ok"], master["detail"]) == (True, "echo reply"), master
+    assert isinstance(master["latency_ms"], float) and 0 <= master["latency_ms"] < 1000
+    assert (ghost["ok"], ghost["detail"], ghost["latency_ms"]) == (False, "no reply within 1 s", None)
 
 
 def test_retries_pick_up_a_service_that_starts_late(lab, run_module):

@@ -1,6 +1,6 @@
 # Copyright: netns.expose contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Lab hosts made of namespaces, on one machine, driven by an Ansible inventory.
+"""Lab hosts made of namespaces, and booted machines, on one machine, driven by an Ansible inventory.
 
 A lab host has its own network namespace, its own mount namespace (with a private
 /run/netns and its own /sys) and its own UTS namespace (hostname). The namespaces
@@ -13,28 +13,41 @@ routes nowhere else. Nothing is created in the machine's own network namespace.
     python3 tests/lab/nslab.py status -i INVENTORY
     python3 tests/lab/nslab.py down   -i INVENTORY   remove every namespace, process and mount of the lab
     python3 tests/lab/nslab.py down   --lab NAME     the same, without an inventory
+    python3 tests/lab/nslab.py reboot -i INVENTORY HOST   reboot a machine and wait until it is back
+    python3 tests/lab/nslab.py shell  -i INVENTORY HOST [-- COMMAND...]   a shell (or a command) on a machine, over SSH
+
+A host with lab_machine: true is a *machine* instead (tests/lab/machines.py): a
+minimal Debian 12 system booted by systemd-nspawn in a network namespace of the
+lab, with systemd, sshd, python3 and nftables, reached over SSH. Its network
+namespace holds only its network: the machine brings its own mount, UTS and PID
+namespaces, and after a reboot it gets a new, empty one (same address and MAC).
 
 Inventory variables: lab_address (CIDR; makes a host a lab host), lab_ifname
-(default eth0), and, the same for all lab hosts, lab_name (default expose-lab)
-and lab_gateway (default: the first usable address of the first host's subnet).
+(default eth0), lab_machine (default false), and, the same for all lab hosts,
+lab_name (default expose-lab) and lab_gateway (default: the first usable address
+of the first host's subnet).
 
-From Python: Lab.from_inventory(path) or Lab(name, {host: (address, ifname)}),
-then .up(), .down(), .status(), .hosts and .exec(host, argv).
+From Python: Lab.from_inventory(path) or Lab(name, {host: (address, ifname[, machine])}),
+then .up(), .down(), .status(), .reboot(host), .hosts and .exec(host, argv).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+import machines
 
 LAB_ROOT = "/run/netns-expose-lab"
 NETNS_RUN_DIR = "/run/netns"
@@ -128,6 +141,11 @@ class LabHost:
     address: str
     ifname: str
     dir: str
+    machine: bool = False
+
+    @property
+    def ip(self):
+        return str(ipaddress.IPv4Interface(self.address).ip)
 
     def ns(self, kind):
         """Path of the host's namespace file of a kind (net, mnt, uts)."""
@@ -138,6 +156,12 @@ class LabHost:
         """Name of the host's veth end on the bridge: stable, and short enough for any hostname."""
         return "l-" + hashlib.sha1(self.name.encode()).hexdigest()[:10]
 
+    @property
+    def mac(self):
+        """The MAC address of the host's interface: stable, so that a rebooted machine keeps it."""
+        digest = hashlib.sha1(self.dir.encode()).digest()
+        return ":".join(f"{byte:02x}" for byte in (0x02, *digest[:5]))  # locally administered, unicast
+
     def nsenter(self, kinds=tuple(HOST_NAMESPACES)):
         """The argv prefix that runs a command in the host's namespaces."""
         return ["nsenter", *(f"{HOST_NAMESPACES[kind]}={self.ns(kind)}" for kind in kinds), "--"]
@@ -145,15 +169,16 @@ class LabHost:
 
 class Lab:
     def __init__(self, name, hosts, gateway=None):
-        """hosts: {hostname: (address as CIDR, interface name)}; gateway: CIDR of the bridge."""
+        """hosts: {hostname: (address as CIDR, interface name[, machine])}; gateway: CIDR of the bridge."""
         if not PLAIN_NAME.match(name):
             raise LabError(f"lab_name {name!r} must be a plain name (letters, digits, '_', '.', '-')")
         self.name = name
         self.dir = os.path.join(LAB_ROOT, name)
         self.hosts = {}
-        for host, (address, ifname) in hosts.items():
+        for host, (address, ifname, *machine) in hosts.items():
             _check_host(host, address, ifname)
-            self.hosts[host] = LabHost(host, address, ifname, os.path.join(self.dir, host))
+            self.hosts[host] = LabHost(host, address, ifname, os.path.join(self.dir, host), machine=bool(machine and machine[0]))
+        self.ssh = machines.LabSsh(name, self.lan_namespace)
         if gateway is None and self.hosts:
             network = ipaddress.IPv4Interface(next(iter(self.hosts.values())).address).network
             gateway = f"{next(network.hosts())}/{network.prefixlen}"
@@ -174,8 +199,41 @@ class Lab:
         gateways = {hv.get("lab_gateway") for hv in lab_hosts.values()}
         if len(names) > 1 or len(gateways) > 1:
             raise LabError(f"{path}: lab_name and lab_gateway must be the same for every lab host")
-        hosts = {host: (hv["lab_address"], hv.get("lab_ifname", DEFAULT_IFNAME)) for host, hv in lab_hosts.items()}
+        hosts = {}
+        for host, hv in lab_hosts.items():
+            machine = hv.get("lab_machine", False)
+            if not isinstance(machine, bool):
+                raise LabError(f"{path}: lab host {host}: lab_machine must be true or false, not {machine!r}")
+            hosts[host] = (hv["lab_address"], hv.get("lab_ifname", DEFAULT_IFNAME), machine)
         return cls(names.pop(), hosts, gateway=gateways.pop())
+
+    @property
+    def state_file(self):
+        """The lab as built, for the machines' supervisors (which have no inventory)."""
+        return os.path.join(machines.STATE_ROOT, self.name, "lab.json")
+
+    @classmethod
+    def from_state(cls, name):
+        with open(os.path.join(machines.STATE_ROOT, name, "lab.json"), encoding="utf-8") as state:
+            saved = json.load(state)
+        return cls(name, {host: tuple(spec) for host, spec in saved["hosts"].items()}, gateway=saved["gateway"])
+
+    def _save_state(self):
+        os.makedirs(os.path.dirname(self.state_file), exist_ok=True)
+        hosts = {h.name: [h.address, h.ifname, h.machine] for h in self.hosts.values()}
+        with open(self.state_file, "w", encoding="utf-8") as state:
+            json.dump(dict(gateway=self.gateway, hosts=hosts), state)
+
+    @property
+    def machines(self):
+        return [host for host in self.hosts.values() if host.machine]
+
+    def machine(self, host):
+        """The machines.Machine of a machine host."""
+        lab_host = self.hosts[host]
+        if not lab_host.machine:
+            raise LabError(f"lab host {host} is not a machine (lab_machine: true)")
+        return machines.Machine(self.name, host, lab_host.ip, machines.Image())
 
     @property
     def lan_namespace(self):
@@ -201,10 +259,21 @@ class Lab:
         if not self._lan_is_up():
             self._build_lan()
             made.append(f"LAN {self.gateway} on {BRIDGE}")
+        if self.machines:
+            made += self._prepare_machines()
+        booting = []
         for host in self.hosts.values():
-            if not self._host_is_up(host):
+            if self._host_is_up(host):
+                continue
+            if host.machine:
+                self._start_machine(host)
+                booting.append(host)
+                made.append(f"machine {host.name} ({host.address} on {host.ifname})")
+            else:
                 self._build_host(host)
                 made.append(f"host {host.name} ({host.address} on {host.ifname})")
+        for host in booting:
+            machines.wait_until_booted(self.ssh, host.ip)
         return made
 
     def _bound(self, paths):
@@ -233,8 +302,14 @@ class Lab:
         return {(NETNS_RUN_DIR, "tmpfs"), ("/sys", "sysfs")} <= mounts
 
     def _host_is_up(self, host):
+        if host.machine:
+            return self.machine(host.name).supervisor_pid() is not None and self._is_wired(host)
         if not self._host_namespaces_are_up(host):
             return False
+        return self._is_wired(host)
+
+    def _is_wired(self, host):
+        """Whether the host's network namespace is on the LAN with its address and default route."""
         port = self._in_lan("ip", "-j", "link", "show", "dev", host.lan_port, check=False)
         if port.returncode != 0 or json.loads(port.stdout)[0].get("master") != BRIDGE:
             return False
@@ -255,17 +330,69 @@ class Lab:
             self._unmount([path for path, bound in zip(files, self._bound(files)) if bound])
             self._make_namespaces({kind: host.ns(kind) for kind in HOST_NAMESPACES}, 'hostname "$1"', host.name)
             run([*host.nsenter(["net", "mnt"]), "sh", "-ec", HOST_MOUNTS_SCRIPT])
+        self._wire(host)
+
+    def _wire(self, host):
+        """Join the host's network namespace to the LAN: its interface, address, MAC and default route."""
         net = host.nsenter(["net"])
         if run([*net, "ip", "link", "show", host.ifname], check=False).returncode != 0:
             self._in_lan("ip", "link", "del", host.lan_port, check=False)  # a stale end, if any
             # Made inside the lan namespace: the machine's own namespace never sees the pair.
             self._in_lan("ip", "link", "add", host.lan_port, "type", "veth",
-                         "peer", "name", host.ifname, "netns", host.ns("net"))
+                         "peer", "name", host.ifname, "address", host.mac, "netns", host.ns("net"))
         self._in_lan("ip", "link", "set", host.lan_port, "master", BRIDGE, "up")
         run([*net, "ip", "link", "set", "lo", "up"])
         run([*net, "ip", "addr", "replace", host.address, "dev", host.ifname])
         run([*net, "ip", "link", "set", host.ifname, "up"])
         run([*net, "ip", "route", "replace", "default", "via", self._gateway_ip])
+
+    # Machines
+
+    def _prepare_machines(self):
+        """The image (built once, cached), the lab's SSH key and each machine's layer; return what was made."""
+        made = []
+        if machines.Image().ensure():
+            made.append(f"image {machines.Image().dir}")
+        self.ssh.ensure()
+        self._save_state()
+        for host in self.machines:
+            machine = self.machine(host.name)
+            if not machine.is_prepared():
+                self.ssh.trust(host.ip, machine.prepare_layer(self.ssh.public_key()))
+                made.append(f"disk of machine {host.name}")
+        return made
+
+    def _start_machine(self, host):
+        machine = self.machine(host.name)
+        if machine.supervisor_pid() is not None or machine.cgroup.pids():
+            machine.stop()  # half up (its network is gone): boot it again from scratch
+        machine.start([sys.executable, os.path.abspath(__file__), "--supervise", host.name, "--lab", self.name])
+
+    def renew_machine_network(self, host):
+        """A new, empty network namespace for a machine's next boot, wired to the LAN; return its path.
+
+        A real reboot keeps nothing of the network: the namespace of the last boot (its
+        interfaces, netfilter rules, sysctls) is dropped, not reused.
+        """
+        path = self.hosts[host].ns("net")
+        self._unmount([path] if all(self._bound([path])) else [])
+        self._in_lan("ip", "link", "del", self.hosts[host].lan_port, check=False)
+        self._make_namespaces({"net": path}, "ip link set lo up")
+        self._wire(self.hosts[host])
+        return path
+
+    def reboot(self, host):
+        """Reboot a machine from inside (systemctl reboot) and wait until it is back; return the new boot id."""
+        lab_host = self.hosts[host]
+        machine = self.machine(host)
+        before = machines.wait_until_booted(self.ssh, lab_host.ip, timeout=10)
+        boots = machine.boots()
+        # sshd goes down with the machine: the connection may end before the command returns.
+        self.ssh.run(lab_host.ip, "systemctl reboot", timeout=30)
+        after = machines.wait_until_booted(self.ssh, lab_host.ip, not_boot_id=before)
+        if machine.boots() != boots + 1:
+            raise LabError(f"machine {host}: expected boot {boots + 1}, the supervisor counts {machine.boots()}")
+        return after
 
     @staticmethod
     def _make_namespaces(files, script, *script_args):
@@ -281,7 +408,7 @@ class Lab:
 
     def down(self):
         """Remove everything of the lab, whatever state it is in; return a list of what was removed."""
-        removed = []
+        removed = self._remove_machines()
         inodes = self.namespace_inodes()
         killed = self._kill_processes(inodes)
         if killed:
@@ -305,6 +432,22 @@ class Lab:
             # Left alone: a namespace file bound elsewhere (not under the lab's directory)
             # keeps its namespace alive until it is unmounted there.
             removed.append(f"warning: the mount namespaces of processes {pinning} still pin lab namespaces")
+        return removed
+
+    def _remove_machines(self):
+        """Stop every machine of the lab (also those no inventory names any more) and remove their disks."""
+        removed = []
+        state = os.path.join(machines.STATE_ROOT, self.name)
+        hosts = set(os.listdir(os.path.join(state, "machines"))) if os.path.isdir(os.path.join(state, "machines")) else set()
+        hosts |= {host.name for host in self.machines} | machines.MachineCgroup.hosts_of_lab(self.name)
+        for host in sorted(hosts):
+            killed = machines.Machine(self.name, host, None, None).stop()
+            removed.append(f"machine {host}" + (f" ({killed} processes)" if killed else ""))
+        if os.path.isdir(state):
+            shutil.rmtree(state)
+            removed.append(f"directory {state}")
+        with contextlib.suppress(OSError):
+            os.rmdir(machines.STATE_ROOT)  # only when no other lab is left
         return removed
 
     @staticmethod
@@ -349,12 +492,17 @@ class Lab:
         lines = [f"lab {self.name} ({self.dir}): LAN {self.gateway} {'up' if self._lan_is_up() else 'down'}"]
         for host in self.hosts.values():
             state = "up" if self._host_is_up(host) else "down"
+            if host.machine:
+                state = f"machine, boot {self.machine(host.name).boots()}, {state}"
             lines.append(f"  {host.name:<16} {host.address:<20} {host.ifname:<8} {state}")
         return "\n".join(lines)
 
     def command(self, host, argv):
-        """argv prefixed so that it runs in a lab host's namespaces (for Popen and friends)."""
-        return self.hosts[host].nsenter() + list(argv)
+        """argv prefixed so that it runs in a lab host (in its namespaces, or over SSH on a machine)."""
+        lab_host = self.hosts[host]
+        if lab_host.machine:
+            return self.ssh.argv(lab_host.ip, shlex.join(argv))
+        return lab_host.nsenter() + list(argv)
 
     def exec(self, host, argv, **kwargs):
         """Run argv in a lab host's namespaces; return the CompletedProcess (text output, never raises on failure)."""
@@ -440,14 +588,27 @@ def _pids():
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
+def _supervise(host, lab_name):
+    """The supervisor of one machine (started by Lab.up, in the machine's cgroup)."""
+    lab = Lab.from_state(lab_name)
+    return machines.supervise(lab.machine(host), lambda: lab.renew_machine_network(host))
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--supervise"]:
+        return _supervise(argv[1], argv[3])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "reboot", "shell"])
+    parser.add_argument("host", nargs="?", help="the machine to reboot or to open a shell on")
+    parser.add_argument("command", nargs="*", help="for shell, after --: a command to run instead of a shell")
     parser.add_argument("-i", "--inventory", help="an Ansible inventory with lab hosts")
     parser.add_argument("--lab", help="a lab name (for down, without an inventory)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if os.geteuid() != 0:
         parser.error("must run as root (it makes namespaces and mounts)")
+    if (args.action in ("reboot", "shell")) != (args.host is not None):
+        parser.error(f"{args.action} takes a host" if args.host is None else f"{args.action} takes no host")
     try:
         if args.inventory:
             lab = Lab.from_inventory(args.inventory)
@@ -455,15 +616,26 @@ def main(argv=None):
             lab = Lab(args.lab, {})
         else:
             parser.error("give -i INVENTORY (or --lab NAME with down)")
+        if args.host is not None and args.host not in lab.hosts:
+            raise LabError(f"no lab host {args.host} in {args.inventory} (hosts: {', '.join(lab.hosts)})")
         if args.action == "up":
             made = lab.up()
             print(f"lab {lab.name}: " + ("made " + "; ".join(made) if made else "already up, nothing changed"))
         elif args.action == "down":
             removed = lab.down()
             print(f"lab {lab.name}: " + ("removed " + "; ".join(removed) if removed else "nothing to remove"))
+        elif args.action == "reboot":
+            boot_id = lab.reboot(args.host)
+            print(f"machine {args.host}: rebooted (boot {lab.machine(args.host).boots()}, boot id {boot_id})")
+        elif args.action == "shell":
+            lab.machine(args.host)  # only machines have sshd
+            ssh = lab.ssh.argv(lab.hosts[args.host].ip, *args.command)
+            if not args.command:
+                ssh.insert(1, "-t")  # a terminal for the login shell
+            os.execvp(ssh[0], ssh)
         else:
             print(lab.status())
-    except LabError as exc:
+    except (LabError, machines.MachineError) as exc:
         print(f"nslab: {exc}", file=sys.stderr)
         return 1
     return 0

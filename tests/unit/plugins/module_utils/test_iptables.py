@@ -1,7 +1,11 @@
 """Parsing iptables-save and building iptables-restore transactions."""
 from __future__ import annotations
 
+import pytest
+
 from ansible_collections.netns.expose.plugins.module_utils._iptables import (
+    IptablesBackend,
+    IptablesError,
     OwnedRules,
     owned_rules,
     parse_save,
@@ -109,3 +113,49 @@ def test_duplicated_rules_are_deleted_down_to_one():
     script, counts = restore_script(current, desired)
     assert script == "*nat\n-D NETNS-EXPOSE -p icmp -j ACCEPT\nCOMMIT\n"
     assert counts == {"nat": (0, 1)}
+
+
+class FakeModule:
+    """get_bin_path over a set of binaries, and `iptables --version` printing `version`."""
+
+    def __init__(self, binaries, version=""):
+        self.binaries = set(binaries)
+        self.version = version
+
+    def get_bin_path(self, name, required=False, opt_dirs=None):
+        assert not required  # a missing binary must be an IptablesError naming the package, not a fail_json
+        return f"/usr/sbin/{name}" if name in self.binaries else None
+
+    def run_command(self, argv, **kwargs):
+        return 0, self.version, ""
+
+
+IPTABLES_HINT = ("install iptables (the package iptables on Debian/Ubuntu, iptables-nft on the RHEL family), "
+                 "or let the expose role do it (expose_manage_packages: true)")
+
+
+def test_the_backend_uses_the_variant_of_the_hosts_iptables():
+    module = FakeModule({"iptables", "iptables-legacy-save", "iptables-legacy-restore", "iptables-nft-restore",
+                         "iptables-nft-save"}, version="iptables v1.8.9 (legacy)")
+    backend = IptablesBackend(module, "auto")
+    assert (backend.variant, backend.save_bin, backend.restore_bin) == (
+        "legacy", "/usr/sbin/iptables-legacy-save", "/usr/sbin/iptables-legacy-restore")
+
+
+def test_no_iptables_at_all_names_the_package():
+    with pytest.raises(IptablesError) as error:
+        IptablesBackend(FakeModule(set()), "auto")
+    assert str(error.value) == ("iptables: no iptables-nft-restore or iptables-legacy-restore found on the host; "
+                                + IPTABLES_HINT)
+
+
+@pytest.mark.parametrize("variant, binaries, missing", [
+    ("nft", {"iptables-nft-restore"}, "iptables-nft-save"),
+    ("legacy", {"iptables-legacy-save"}, "iptables-legacy-restore"),
+    ("auto", {"iptables", "iptables-nft-save"}, "iptables-nft-restore"),
+])
+def test_a_missing_save_or_restore_names_the_package(variant, binaries, missing):
+    module = FakeModule(binaries, version="iptables v1.8.9 (nf_tables)")
+    with pytest.raises(IptablesError) as error:
+        IptablesBackend(module, variant)
+    assert str(error.value) == f"iptables: {missing} was not found on the host; {IPTABLES_HINT}"

@@ -1,8 +1,10 @@
-"""The probe module's logic: validation, attempts against loopback servers, ping output, retries, results."""
+"""The probe module's logic: validation, attempts against loopback servers, ICMP packets, retries, results."""
 from __future__ import annotations
 
+import errno
 import http.server
 import socket
+import struct
 import threading
 from unittest import mock
 
@@ -13,30 +15,19 @@ from ansible_collections.netns.expose.plugins.module_utils._probe import (
     TEXT_LIMIT,
     Check,
     Prober,
+    echo_request,
     failure_message,
+    icmp_checksum,
+    open_icmp_socket,
     parse_checks,
-    ping_argv,
-    ping_latency,
+    parse_echo_reply,
 )
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
 
 LOOPBACK = "127.0.0.1"
-PING = "/usr/bin/ping"
-IPUTILS_REPLY = """PING 10.211.55.122 (10.211.55.122) 56(84) bytes of data.
-64 bytes from 10.211.55.122: icmp_seq=1 ttl=64 time=0.045 ms
-
---- 10.211.55.122 ping statistics ---
-1 packets transmitted, 1 received, 0% packet loss, time 0ms
-rtt min/avg/max/mdev = 0.045/0.045/0.045/0.000 ms
-"""
-IPUTILS_NO_REPLY = """PING 10.211.55.200 (10.211.55.200) 56(84) bytes of data.
-
---- 10.211.55.200 ping statistics ---
-1 packets transmitted, 0 received, 100% packet loss, time 0ms
-"""
-BUSYBOX_REPLY = """PING 10.211.55.122 (10.211.55.122): 56 data bytes
-64 bytes from 10.211.55.122: seq=0 ttl=64 time=12.372 ms
-"""
+MASTER_IP = "10.211.55.122"
+ICMP_SOCKET = (socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+ICMP_RAW_SOCKET = (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 
 
 def tcp(**fields):
@@ -127,50 +118,224 @@ def test_bad_settings_are_refused(timeout, retries, message):
     assert refused([tcp()], timeout, retries) == message
 
 
-# ping
+# icmp: packets
 
 
-def test_ping_argv_is_one_request_with_whole_seconds():
-    assert ping_argv(PING, "10.211.55.122", 3.0) == [PING, "-n", "-c", "1", "-W", "3", "10.211.55.122"]
-    assert ping_argv(PING, "10.211.55.122", 1.2)[5] == "2"
-    assert ping_argv(PING, "10.211.55.122", 0.2)[5] == "1"
+def test_checksum_of_known_data():
+    assert icmp_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D  # the example of RFC 1071
+    assert icmp_checksum(b"\x01") == 0xFEFF  # an odd byte is padded with a zero
+    # An echo request iputils ping sent (-s 4 -p 61) and its reply: with the checksum in, the sum is zero.
+    request, reply = bytes.fromhex("080056a64058000161000000"), bytes.fromhex("00005ea64058000161000000")
+    assert icmp_checksum(request[:2] + b"\0\0" + request[4:]) == 0x56A6
+    assert icmp_checksum(reply[:2] + b"\0\0" + reply[4:]) == 0x5EA6
+    assert icmp_checksum(request) == icmp_checksum(reply) == 0
+
+
+def test_echo_request_bytes():
+    assert echo_request(0x1234, 1, b"hi") == bytes.fromhex("0800 7d61 1234 0001 6869")  # type, code, checksum, id, seq, data
+    assert echo_request(0x4058, 1, bytes.fromhex("61000000")) == bytes.fromhex("080056a64058000161000000")  # as ping
+
+
+def ip_header(source, destination, length, header_words=5):
+    """An IPv4 header (protocol ICMP) with header_words 32-bit words; options are NOPs."""
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | header_words, 0, length + 4 * header_words, 0, 0, 64, 1, 0,
+                         socket.inet_aton(source), socket.inet_aton(destination))
+    return header + b"\x01" * (4 * (header_words - 5))
+
+
+def echo_reply(identifier, sequence, payload, kind=0, raw=False, source=MASTER_IP):
+    """What a socket receives for a reply (kind 0; another kind for other ICMP packets), with an IP header if raw."""
+    body = bytearray(echo_request(identifier, sequence, payload))
+    body[0], body[2:4] = kind, b"\0\0"
+    body[2:4] = icmp_checksum(bytes(body)).to_bytes(2, "big")
+    return (ip_header(source, "10.211.55.123", len(body)) if raw else b"") + bytes(body)
+
+
+def test_a_reply_is_parsed_after_its_ip_header():
+    reply = echo_reply(0xBEEF, 7, b"payload", raw=True)
+    assert reply[:1] == b"\x45" and len(reply) == 20 + 8 + 7
+    assert parse_echo_reply(reply, raw=True) == (0xBEEF, 7, b"payload")
+    with_options = ip_header(MASTER_IP, "10.211.55.123", 15, header_words=6) + echo_reply(0xBEEF, 7, b"payload")
+    assert parse_echo_reply(with_options, raw=True) == (0xBEEF, 7, b"payload")
+    # A ping socket hands over the ICMP message alone.
+    assert parse_echo_reply(echo_reply(0xBEEF, 7, b"payload"), raw=False) == (0xBEEF, 7, b"payload")
 
 
 @pytest.mark.parametrize(
-    "output, latency",
-    [(IPUTILS_REPLY, 0.0), (BUSYBOX_REPLY, 12.4), ("64 bytes from 10.0.0.1: icmp_seq=1 ttl=64 time=1.26 ms", 1.3),
-     ("reply time<1 ms", 1.0), (IPUTILS_NO_REPLY, None), ("", None)],
+    "data, raw",
+    [
+        (echo_reply(1, 1, b"x", kind=8, raw=True), True),  # an echo request (ours, looped back to a raw socket)
+        (echo_reply(1, 1, b"x", kind=3, raw=True), True),  # destination unreachable
+        (echo_reply(1, 1, b"x", kind=8), False),
+        (echo_reply(1, 1, b"x", raw=True)[:24], True),  # cut short
+        (b"\x60" + echo_reply(1, 1, b"x", raw=True)[1:], True),  # not IPv4
+        (b"", True),
+    ],
 )
-def test_ping_latency_is_read_from_its_output(output, latency):
-    assert ping_latency(output) == latency
+def test_what_is_not_an_echo_reply_is_none(data, raw):
+    assert parse_echo_reply(data, raw) is None
 
 
-def run_icmp(rc, out="", err="", timeout=3.0):
-    run_command = mock.Mock(return_value=(rc, out, err))
-    [result] = Prober(timeout, 0, ping=PING, run_command=run_command).run_all(parse_checks([icmp()], timeout, 0))
-    return result, run_command
+# icmp: attempts with fake sockets
 
 
-def test_icmp_ok_takes_the_round_trip_ping_printed():
-    result, run_command = run_icmp(0, BUSYBOX_REPLY)
-    run_command.assert_called_once_with([PING, "-n", "-c", "1", "-W", "3", "10.211.55.122"])
-    assert result == dict(target="master", address="10.211.55.122", protocol="icmp", port=None, ok=True, skipped=False,
-                          latency_ms=12.4, attempts=1, detail="echo reply")
+class FakeIcmpSocket:
+    """Records what is sent; answers recvfrom with what answer(request, raw, port) gives, then times out."""
+
+    def __init__(self, raw, answer, port):
+        self.raw, self.answer, self.port = raw, answer, port
+        self.sent, self.received, self.closed = [], [], False
+
+    def settimeout(self, seconds):
+        assert seconds > 0
+
+    def sendto(self, data, address):
+        self.sent.append((data, address))
+        self.received = list(self.answer(data, self.raw, self.port))
+
+    def getsockname(self):
+        return ("0.0.0.0", self.port)
+
+    def recvfrom(self, size):
+        if not self.received:
+            raise socket.timeout("timed out")
+        data, source = self.received.pop(0)
+        return data[:size], (source, 0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
 
 
-def test_icmp_ok_without_a_time_in_the_output_is_measured():
-    result = run_icmp(0, "1 packets transmitted, 1 received")[0]
-    assert result["ok"] and isinstance(result["latency_ms"], float) and result["latency_ms"] >= 0
+class FakeSockets:
+    """A socket factory: refuses the kinds in refuse (kind -> OSError), makes FakeIcmpSockets of the others."""
+
+    def __init__(self, answer, refuse=None, port=4321):
+        self.answer, self.refuse, self.port = answer, refuse or {}, port
+        self.opened, self.made = [], []
+
+    def __call__(self, family, kind, proto):
+        self.opened.append((family, kind, proto))
+        if kind in self.refuse:
+            raise self.refuse[kind]
+        made = FakeIcmpSocket(kind == socket.SOCK_RAW, self.answer, self.port)
+        self.made.append(made)
+        return made
+
+
+def replying(request, raw, port):
+    """The target's reply: a ping socket sees the kernel's identifier, its socket's port."""
+    _kind, _code, _sum, identifier, sequence = struct.unpack_from("!BBHHH", request)
+    yield echo_reply(identifier if raw else port, sequence, request[8:], raw=raw), MASTER_IP
+
+
+def silent(request, raw, port):
+    return []
+
+
+def run_fake_icmp(sockets, timeout=3.0):
+    [result] = Prober(timeout, 0, new_socket=sockets).run_all(parse_checks([icmp()], timeout, 0))
+    return result
+
+
+EACCES = PermissionError(errno.EACCES, "Permission denied")
+EPERM = PermissionError(errno.EPERM, "Operation not permitted")
+
+
+def test_icmp_uses_a_ping_socket_when_it_may():
+    sockets = FakeSockets(replying)
+    result = run_fake_icmp(sockets)
+    assert sockets.opened == [ICMP_SOCKET]
+    [(request, address)] = sockets.made[0].sent
+    assert address == (MASTER_IP, 0)
+    assert request[:2] == b"\x08\x00" and icmp_checksum(request) == 0 and len(request) == 8 + _probe.ECHO_PAYLOAD_SIZE
+    assert sockets.made[0].closed
+    latency = result.pop("latency_ms")
+    assert isinstance(latency, float) and 0 <= latency < 3000
+    assert result == dict(target="master", address=MASTER_IP, protocol="icmp", port=None, ok=True, skipped=False,
+                          attempts=1, detail="echo reply")
+
+
+def test_icmp_falls_back_to_a_raw_socket_when_the_ping_socket_is_refused():
+    sockets = FakeSockets(replying, refuse={socket.SOCK_DGRAM: EACCES})
+    result = run_fake_icmp(sockets)
+    assert sockets.opened == [ICMP_SOCKET, ICMP_RAW_SOCKET]
+    assert (result["ok"], result["detail"]) == (True, "echo reply")
+    unsupported = FakeSockets(replying, refuse={socket.SOCK_DGRAM: OSError(errno.EPROTONOSUPPORT, "Protocol not supported")})
+    assert run_fake_icmp(unsupported)["ok"] and unsupported.opened == [ICMP_SOCKET, ICMP_RAW_SOCKET]
+
+
+def test_icmp_without_any_socket_fails_saying_what_it_needs():
+    sockets = FakeSockets(replying, refuse={socket.SOCK_DGRAM: EACCES, socket.SOCK_RAW: EPERM})
+    result = run_fake_icmp(sockets)
+    assert sockets.opened == [ICMP_SOCKET, ICMP_RAW_SOCKET]
+    assert (result["ok"], result["latency_ms"], result["detail"]) == (
+        False, None, "cannot open an ICMP socket: operation not permitted (needs root or net.ipv4.ping_group_range)")
+
+
+def test_icmp_socket_errors_other_than_refusal_are_not_retried_raw():
+    sockets = FakeSockets(replying, refuse={socket.SOCK_DGRAM: OSError(errno.EMFILE, "Too many open files")})
+    with pytest.raises(_probe.IcmpUnavailable, match=r"^cannot open an ICMP socket: too many open files$"):
+        open_icmp_socket(sockets)
+    assert sockets.opened == [ICMP_SOCKET]
+
+
+def test_icmp_passes_over_what_is_not_its_reply():
+    def crowded(request, raw, port):
+        _kind, _code, _sum, identifier, sequence = struct.unpack_from("!BBHHH", request)
+        payload = request[8:]
+        yield echo_reply(identifier, sequence, payload, kind=8, raw=True), MASTER_IP  # our request, looped back
+        yield echo_reply(identifier ^ 1, sequence, payload, raw=True), MASTER_IP  # another program's id
+        yield echo_reply(identifier, sequence ^ 1, payload, raw=True), MASTER_IP  # an earlier request
+        yield echo_reply(identifier, sequence, payload[::-1], raw=True), MASTER_IP  # not our payload
+        yield echo_reply(identifier, sequence, payload, kind=3, raw=True), MASTER_IP  # unreachable
+        yield echo_reply(identifier, sequence, payload, raw=True), "10.211.55.9"  # another host
+        if wanted:
+            yield echo_reply(identifier, sequence, payload, raw=True), MASTER_IP
+
+    wanted = True
+    sockets = FakeSockets(crowded, refuse={socket.SOCK_DGRAM: EACCES})
+    assert run_fake_icmp(sockets)["ok"]
+    assert not sockets.made[0].received
+    wanted = False
+    result = run_fake_icmp(FakeSockets(crowded, refuse={socket.SOCK_DGRAM: EACCES}), timeout=0.5)
+    assert (result["ok"], result["latency_ms"], result["detail"]) == (False, None, "no reply within 0.5 s")
+
+
+def test_a_ping_socket_reply_must_carry_the_kernels_identifier():
+    def own_identifier(request, raw, port):  # the identifier the module chose, not the socket's
+        _kind, _code, _sum, identifier, sequence = struct.unpack_from("!BBHHH", request)
+        yield echo_reply(identifier, sequence, request[8:]), MASTER_IP
+
+    with mock.patch.object(_probe.random, "getrandbits", return_value=0x1111):
+        result = run_fake_icmp(FakeSockets(own_identifier, port=4321), timeout=0.5)
+    assert (result["ok"], result["detail"]) == (False, "no reply within 0.5 s")
 
 
 def test_icmp_without_reply_fails_without_latency():
-    result = run_icmp(1, IPUTILS_NO_REPLY, timeout=0.5)[0]
-    assert (result["ok"], result["latency_ms"], result["detail"]) == (False, None, "no reply within 1 s")
+    result = run_fake_icmp(FakeSockets(silent), timeout=0.5)
+    assert (result["ok"], result["latency_ms"], result["detail"]) == (False, None, "no reply within 0.5 s")
 
 
-def test_icmp_error_says_what_ping_said():
-    result = run_icmp(2, "", "ping: connect: Network is unreachable\n")[0]
-    assert result["detail"] == "ping failed (rc 2): ping: connect: Network is unreachable"
+def test_icmp_send_error_is_the_reason():
+    class Unreachable(FakeIcmpSocket):
+        def sendto(self, data, address):
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    result = run_fake_icmp(lambda *args: Unreachable(False, silent, 1))
+    assert (result["ok"], result["detail"]) == (False, "network is unreachable")
+
+
+def test_icmp_to_loopback_for_real():
+    try:
+        open_icmp_socket()[0].close()
+    except _probe.IcmpUnavailable as exc:
+        pytest.skip(str(exc))
+    results = probe(icmp(address=LOOPBACK), icmp(address="127.0.0.2"))
+    assert [(r["ok"], r["detail"]) for r in results] == [(True, "echo reply")] * 2
+    assert all(isinstance(r["latency_ms"], float) for r in results)
 
 
 # tcp and udp against loopback servers
