@@ -1,77 +1,95 @@
 """Benchmark: dnat_rule against two baselines, for 1, 100 and 1,000 mappings.
 
-    source hack/env.sh && python bench/dnat_bench.py [--sizes 1,100,1000] [--loop-max 100]
+    source hack/env.sh && python bench/dnat_bench.py [--sizes 1,100,1000] [--loop-max 100] [--repeat 3]
+                                                     [--collection DIR]
 
 Runs in a lab master of its own (namespaces; nothing on the machine itself) and
 prints one table. Times are wall-clock seconds of each step. The Ansible rows include
 Ansible's own start-up and the controller's handling of the arguments; the
-"module alone" row runs the module directly in the master (Ansible's debugging
+"module alone" rows run the module directly in the master (Ansible's debugging
 entry point, python start-up included), which is the module time.
 Compare ratios within one run: the machine is shared and noisy.
+
+dnat_rule runs as users run it: deleting the conntrack entries of the mappings it
+adds or removes (flush_conntrack, the default). Before each converge and each remove,
+the master's conntrack table gets one established flow per mapped port, and twice as
+many that are not the mappings' (udp to the same ports, tcp to port 443): the converge
+and the remove must delete exactly the former (checked). The deletion alone (the
+collection's own code, run in the master on the same table) gives its share of the
+module's converge; the same steps with flush_conntrack: false are shown next to them.
+Module-alone times are the median of --repeat runs.
 
 Baselines:
 - loop: ansible.builtin.iptables in a loop, one task run per rule (only up to --loop-max);
 - shell: the recipe's way, one `iptables -t nat -A ... -j DNAT` process per rule.
+
+--collection DIR benchmarks the dnat_rule of another checkout (e.g. an export of an older commit).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "lab"))
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+from benchlab import REPO, BenchLab, scrub_netfilter, timed
 
-import nslab  # noqa: E402  pylint: disable=wrong-import-position
-from conftest import AnsibleRunner, ansible_environment  # noqa: E402  pylint: disable=wrong-import-position
-from master_host import scrub_netfilter  # noqa: E402  pylint: disable=wrong-import-position
+FIRST_PORT = 10000
+FLOWS = str(REPO / "bench" / "conntrack_flows.py")
 
 
 def mappings(count):
-    return [dict(name=f"m{i}", protocol="tcp", port=10000 + i, to_address="10.244.1.2", to_port=9090, in_interface="eth0")
-            for i in range(count)]
+    return [dict(name=f"m{i}", protocol="tcp", port=FIRST_PORT + i, to_address="10.244.1.2", to_port=9090,
+                 in_interface="eth0") for i in range(count)]
 
 
-def timed(step):
-    start = time.monotonic()
-    result = step()
-    return time.monotonic() - start, result
+def add_flows(bench, count):
+    bench.sh("master", "conntrack", "-F")
+    bench.sh("master", sys.executable, FLOWS, "add", str(FIRST_PORT), str(count))
 
 
-def bench_module(ansible, count):
+def check_flows(bench, count, expected_mapped):
+    found = json.loads(bench.sh("master", sys.executable, FLOWS, "count", str(FIRST_PORT), str(count)))
+    expected = {"mapped": expected_mapped, "other": 2 * count}
+    if found != expected:
+        raise AssertionError(f"conntrack after the run: {found}, expected {expected}")
+
+
+def converge_noop_remove(bench, run, count, flush):
+    """(converge, no-op, remove) seconds of one run of each step, flows present before converge and remove."""
     rules = mappings(count)
-    converge, first = timed(lambda: ansible.run_module("master", "netns.expose.dnat_rule", {"rules": rules}))
-    noop, again = timed(lambda: ansible.run_module("master", "netns.expose.dnat_rule", {"rules": rules}))
-    assert first["changed"] and not again["changed"], (first.get("msg"), again.get("msg"))
-    remove, _gone = timed(lambda: ansible.run_module("master", "netns.expose.dnat_rule", {"rules": [], "exclusive": True}))
+    scrub_netfilter(bench.lab)
+    add_flows(bench, count)
+    converge, first = run({"rules": rules, "flush_conntrack": flush})
+    check_flows(bench, count, 0 if flush else count)
+    noop, again = run({"rules": rules, "flush_conntrack": flush})
+    if not first["changed"] or again["changed"]:
+        raise AssertionError(f"converge changed={first['changed']}, no-op changed={again['changed']}")
+    add_flows(bench, count)
+    remove, _gone = run({"rules": [], "exclusive": True, "flush_conntrack": flush})
+    check_flows(bench, count, 0 if flush else count)
     return converge, noop, remove
 
 
-def bench_module_alone(lab, env, workdir, count):
-    """The module run directly in the master, as `python -m <module> args.json` runs it."""
-    def run(args):
-        args_file = workdir / "args.json"
-        args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-        argv = [sys.executable, "-m", "ansible_collections.netns.expose.plugins.modules.dnat_rule", str(args_file)]
-        seconds, done = timed(lambda: lab.exec("master", argv, env=env))
-        result = json.loads(done.stdout)
-        assert "failed" not in result, result
-        return seconds, result
-
-    rules = mappings(count)
-    converge, first = run({"rules": rules})
-    noop, again = run({"rules": rules})
-    remove, _gone = run({"rules": [], "exclusive": True})
-    assert first["changed"] and not again["changed"]
-    return converge, noop, remove
+def median_runs(bench, count, flush, repeat):
+    runs = [converge_noop_remove(bench, bench.module_alone, count, flush) for _run in range(repeat)]
+    return tuple(statistics.median(step) for step in zip(*runs))
 
 
-def bench_loop(ansible, count):
+def deletion_alone(bench, count, repeat):
+    """Median seconds of the collection's deletion of the mappings' flows, on a table like the converge's."""
+    runs = []
+    for _run in range(repeat):
+        add_flows(bench, count)
+        done = bench.lab.exec("master", [sys.executable, FLOWS, "delete", str(FIRST_PORT), str(count)], env=bench.module_env)
+        if done.returncode != 0:
+            raise RuntimeError(f"timing the deletion failed: {done.stderr}")
+        check_flows(bench, count, 0)
+        runs.append(float(done.stdout))
+    return statistics.median(runs)
+
+
+def bench_loop(bench, count):
     play = """
 - hosts: master
   gather_facts: false
@@ -88,17 +106,18 @@ def bench_loop(ansible, count):
         state: "{{ wanted }}"
       loop: "{{ range(count | int) | list }}"
 """
-    converge, _r = timed(lambda: ansible.run_playbook(play, extra_vars={"count": count, "wanted": "present"}))
-    noop, _r = timed(lambda: ansible.run_playbook(play, extra_vars={"count": count, "wanted": "present"}))
-    remove, _r = timed(lambda: ansible.run_playbook(play, extra_vars={"count": count, "wanted": "absent"}))
+    run = bench.ansible.run_playbook
+    converge, _r = timed(lambda: run(play, extra_vars={"count": count, "wanted": "present"}))
+    noop, _r = timed(lambda: run(play, extra_vars={"count": count, "wanted": "present"}))
+    remove, _r = timed(lambda: run(play, extra_vars={"count": count, "wanted": "absent"}))
     return converge, noop, remove
 
 
-def bench_shell(lab, count):
+def bench_shell(bench, count):
     def each(flag):
         for i in range(count):
-            lab.exec("master", ["iptables", "-t", "nat", flag, "PREROUTING", "-i", "eth0", "-p", "tcp", "--dport",
-                                str(10000 + i), "-j", "DNAT", "--to-destination", "10.244.1.2:9090"])
+            bench.lab.exec("master", ["iptables", "-t", "nat", flag, "PREROUTING", "-i", "eth0", "-p", "tcp", "--dport",
+                                      str(FIRST_PORT + i), "-j", "DNAT", "--to-destination", "10.244.1.2:9090"])
     converge, _r = timed(lambda: each("-A"))
     return converge, None, timed(lambda: each("-D"))[0]
 
@@ -107,36 +126,36 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,100,1000")
     parser.add_argument("--loop-max", type=int, default=100, help="largest size for the ansible.builtin.iptables loop")
+    parser.add_argument("--repeat", type=int, default=3, help="module-alone runs per size (the median is printed)")
+    parser.add_argument("--collection", help="a checkout of the collection to benchmark instead of this one")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="dnat-bench-"))
-    inventory = workdir / "inventory.yml"
-    inventory.write_text((REPO / "tests" / "lab" / "inventory.yml").read_text().replace("lab_name: expose-lab", f"lab_name: b{os.getpid()}"))
-    lab = nslab.Lab.from_inventory(inventory)
-    try:
-        lab.up()
-        env = ansible_environment()
-        ansible = AnsibleRunner(inventory, workdir, env)
-        module_env = dict(env, PYTHONPATH=env["ANSIBLE_COLLECTIONS_PATH"].split(":")[0])
-        startup, _r = timed(lambda: ansible.run_playbook("- hosts: master\n  gather_facts: false\n  tasks: []\n"))
+    with BenchLab("b", args.collection) as bench:
+        startup, _r = timed(lambda: bench.ansible.run_playbook("- hosts: master\n  gather_facts: false\n  tasks: []\n"))
         rows = []
         for count in (int(size) for size in args.sizes.split(",")):
-            scrub_netfilter(lab)
-            rows.append(("dnat_rule module alone", count, *bench_module_alone(lab, module_env, workdir, count)))
-            scrub_netfilter(lab)
-            rows.append(("dnat_rule (one task)", count, *bench_module(ansible, count)))
+            alone = median_runs(bench, count, True, args.repeat)
+            alone_off = median_runs(bench, count, False, args.repeat)
+            deletion = deletion_alone(bench, count, args.repeat)
+            rows.append(("dnat_rule module alone", count, *alone,
+                         f"{alone[0] / alone[1]:.1f}x", f"{deletion:.2f}", f"{min(1.0, deletion / alone[0]):.0%}"))
+            rows.append(("  same, flush_conntrack: false", count, *alone_off, f"{alone_off[0] / alone_off[1]:.1f}x", "", ""))
+            task = converge_noop_remove(bench, bench.task, count, True)
+            rows.append(("dnat_rule (one task)", count, *task, f"{task[0] / task[1]:.1f}x", "", ""))
             if count <= args.loop_max:
-                scrub_netfilter(lab)
-                rows.append(("ansible.builtin.iptables loop", count, *bench_loop(ansible, count)))
-            scrub_netfilter(lab)
-            rows.append(("shell, one iptables per rule", count, *bench_shell(lab, count)))
-        print(f"\nAnsible start-up (empty play): {startup:.2f} s, included in the Ansible rows\n")
-        print(f"{'method':<32}{'rules':>7}{'converge s':>12}{'no-op s':>10}{'remove s':>10}{'converge vs dnat_rule':>24}")
-        ours = {row[1]: row[2] for row in rows if row[0].startswith("dnat_rule (one task)")}
-        for method, count, converge, noop, remove in rows:
+                scrub_netfilter(bench.lab)
+                rows.append(("ansible.builtin.iptables loop", count, *bench_loop(bench, count), "", "", ""))
+            scrub_netfilter(bench.lab)
+            rows.append(("shell, one iptables per rule", count, *bench_shell(bench, count), "", "", ""))
+        print(f"\ncollection: {bench.collection}")
+        print(f"Ansible start-up (empty play): {startup:.2f} s, included in the Ansible rows\n")
+        print(f"{'method':<32}{'rules':>7}{'converge s':>12}{'no-op s':>10}{'remove s':>10}"
+              f"{'converge/no-op':>16}{'deletion s':>12}{'of converge':>13}")
+        for method, count, converge, noop, remove, ratio, deletion, deletion_share in rows:
             noop_text = "-" if noop is None else f"{noop:.2f}"
-            print(f"{method:<32}{count:>7}{converge:>12.2f}{noop_text:>10}{remove:>10.2f}{converge / ours[count]:>23.1f}x")
-    finally:
-        lab.down()
+            print(f"{method:<32}{count:>7}{converge:>12.2f}{noop_text:>10}{remove:>10.2f}{ratio:>16}"
+                  f"{deletion:>12}{deletion_share:>13}")
+        print("\ndeletion s: the collection's deletion of the mappings' flows alone (one per mapping, among twice as many "
+              "that stay), in the master; of converge: its share of the module-alone converge.")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,10 @@ def _rows(options, prefix=""):
 
 
 def table():
-    options = yaml.safe_load(SPECS.read_text(encoding="utf-8"))["argument_specs"]["main"]["options"]
+    specs = yaml.safe_load(SPECS.read_text(encoding="utf-8"))["argument_specs"]
+    options = dict(specs["main"]["options"])
+    # The fields of a service are the entry point `service`: rows expose_services[].<field>.
+    options["expose_services"] = {**options["expose_services"], "options": specs["service"]["options"]}
     lines = ["| Variable | Type | Default | Description |", "| --- | --- | --- | --- |", *_rows(options)]
     return "\n".join([BEGIN, *lines, END])
 

@@ -7,7 +7,8 @@ tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 dest="$tree/ansible_collections/netns/expose"
 mkdir -p "$dest"
-(cd "$repo" && git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ "$dest/")
+# --ignore-missing-args: files deleted in the work tree but not yet in git's index are left out.
+(cd "$repo" && git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --ignore-missing-args --files-from=- ./ "$dest/")
 # ansible-test uses git to list the collection's files.
 (cd "$dest" && git init -q && git add -A)
 # ansible-test bootstraps pip into its sanity venvs with a get-pip script from a

@@ -6,16 +6,28 @@
 A mapping is identified on the host by the comment "netns.expose:<name>" on each
 of its rules. Rules are generated exactly as iptables-save prints them, so the
 current and the desired rules compare as text.
+
+What a packet costs does not grow with the number of mappings:
+- the nat table sees only the first packet of a flow. Its rules are in chains per
+  protocol and range of BUCKET_PORTS host ports (NETNS-EXPOSE-tcp-8064 has the tcp
+  mappings of ports 8064 to 8127), jumped to from NETNS-EXPOSE by one rule per range,
+  so a new flow meets the range rules of its protocol and the mappings of its range;
+- the rules that DNAT a flow in PREROUTING also set one bit of its conntrack mark
+  (CONNMARK, in a rule before each DNAT rule: the DNAT ends the chain), and FORWARD
+  accepts every mapped flow, both ways, and the ICMP errors about it (RELATED: they
+  belong to its conntrack entry), with one rule that tests that bit.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
-import shlex
 from dataclasses import dataclass
 from functools import partial
 
+from ansible_collections.netns.expose.plugins.module_utils._conntrack import key_order
 from ansible_collections.netns.expose.plugins.module_utils._iptables import (
+    JUMP_COMMENT,
+    OWNER_COMMENT,
     OwnedRules,
     jump_line,
     owned_rules,
@@ -27,6 +39,9 @@ from ansible_collections.netns.expose.plugins.module_utils._plan import REMOVE, 
 from ansible_collections.netns.expose.plugins.module_utils._validation import (
     InvalidInput,
     check_ifname,
+    check_name,
+    check_port,
+    check_protocol,
     parse_ipv4_address,
 )
 
@@ -34,7 +49,10 @@ PREROUTING_CHAIN = "NETNS-EXPOSE"
 LOCAL_CHAIN = "NETNS-EXPOSE-LOCAL"
 POSTROUTING_CHAIN = "NETNS-EXPOSE-POST"
 FORWARD_CHAIN = "NETNS-EXPOSE-FWD"
-OWNED_CHAINS = {"nat": (PREROUTING_CHAIN, LOCAL_CHAIN, POSTROUTING_CHAIN), "filter": (FORWARD_CHAIN,)}
+# The chains of the mappings' DNAT rules, under NETNS-EXPOSE and NETNS-EXPOSE-LOCAL:
+# <parent>-icmp, and <parent>-<tcp|udp>-<first port of the range>.
+BUCKET_PORTS = 64
+BUCKET_CHAIN = re.compile(r"^(NETNS-EXPOSE|NETNS-EXPOSE-LOCAL)-(?:(tcp|udp)-(\d{1,5})|icmp)$")
 JUMPS = {
     ("nat", "PREROUTING"): PREROUTING_CHAIN,
     ("nat", "OUTPUT"): LOCAL_CHAIN,
@@ -42,19 +60,66 @@ JUMPS = {
     ("filter", "FORWARD"): FORWARD_CHAIN,
 }
 
+
+def is_nat_chain(chain):
+    return chain in (PREROUTING_CHAIN, LOCAL_CHAIN, POSTROUTING_CHAIN) or BUCKET_CHAIN.match(chain) is not None
+
+
+OWNED_CHAINS = {"nat": is_nat_chain, "filter": (FORWARD_CHAIN,)}
+
 MAPPING_PREFIX = "netns.expose:"
 # A rule that matches nothing in particular and has no target: it only records, in
 # the host's own netfilter state, that the collection turned ip_forward on.
 IP_FORWARD_MARK = f'-A {PREROUTING_CHAIN} -m comment --comment "netns.expose/ip_forward-was-0"'
 IP_FORWARD_PATH = "/proc/sys/net/ipv4/ip_forward"
 LOOPBACK = "127.0.0.0/8"
+# The bit of the conntrack mark that the mapped flows carry. Not one of kube-proxy (0x4000, 0x8000: packet
+# marks), Tailscale (0xff0000, also saved to the conntrack mark), Cilium (0xf00); Docker and firewalld set none.
+DEFAULT_CONNMARK = 0x1000000
+_SET_MARK = re.compile(r" -j CONNMARK --set-xmark (0x[0-9a-f]+)/(0x[0-9a-f]+)$")
 
 # Letters, digits, '.', '_' and '-', not starting with '-': nothing in a name can
 # close the quoted comment or read as an iptables option.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-PROTOCOLS = ("tcp", "udp", "icmp")
-PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 MAPPING_FIELDS = ("name", "protocol", "port", "to_address", "to_port", "destination", "in_interface", "local")
+
+
+def set_mark_target(mark):
+    return f"-j CONNMARK --set-xmark {mark:#x}/{mark:#x}"
+
+
+def forward_accept_rule(mark):
+    """Accept the flows that carry the bit, both ways, and the ICMP errors about them (RELATED to the flow, they
+    have its conntrack entry and so its mark). DNAT too: a flow that is only marked is not ours."""
+    return f"-A {FORWARD_CHAIN} -m connmark --mark {mark:#x}/{mark:#x} -m conntrack --ctstate DNAT {JUMP_COMMENT} -j ACCEPT"
+
+
+def dispatch_rule(chain):
+    """The rule in NETNS-EXPOSE (or NETNS-EXPOSE-LOCAL) that sends the flows of a range to its chain."""
+    parent, protocol, first = BUCKET_CHAIN.match(chain).groups()
+    if protocol is None:
+        return f"-A {parent} -p icmp {JUMP_COMMENT} -j {chain}"
+    first = int(first)
+    return f"-A {parent} -p {protocol} -m {protocol} --dport {first}:{first + BUCKET_PORTS - 1} {JUMP_COMMENT} -j {chain}"
+
+
+def chain_of(line):
+    return line.split(maxsplit=2)[1]
+
+
+def is_prerouting_rule(line):
+    """A rule of the PREROUTING side: NETNS-EXPOSE itself (rules of older versions) or one of its range chains."""
+    chain = chain_of(line)
+    bucket = BUCKET_CHAIN.match(chain)
+    return chain == PREROUTING_CHAIN or (bucket is not None and bucket.group(1) == PREROUTING_CHAIN)
+
+
+def connmark_from_params(value):
+    """The connmark option: one bit of the 32-bit conntrack mark."""
+    if value is None:
+        return DEFAULT_CONNMARK
+    if not 0 < value <= 0xFFFFFFFF or value & (value - 1):
+        raise InvalidInput("connmark", f"{value:#x} is not a single bit of the 32-bit conntrack mark (such as 0x1000000)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -77,10 +142,27 @@ class Mapping:
         """What two mappings must not share: they would match the same packets."""
         return (self.protocol, self.port, self.destination, self.in_interface)
 
+    def match_summary(self):
+        """What of a packet the mapping matches (its key), in words: 'tcp port 8090 to 10.211.55.122 on eth0'."""
+        return (self.protocol + (f" port {self.port}" if self.port else "")
+                + (f" to {self.destination}" if self.destination else "")
+                + (f" on {self.in_interface}" if self.in_interface else ""))
+
     def summary(self):
         if self.protocol == "icmp":
             return f"icmp -> {self.to_address}"
         return f"{self.protocol} {self.port} -> {self.to_address}:{self.to_port}"
+
+    @property
+    def bucket(self):
+        """The range of host ports its rules are filed under: tcp-8064 (ports 8064 to 8127), or icmp."""
+        if self.protocol == "icmp":
+            return "icmp"
+        return f"{self.protocol}-{self.port - self.port % BUCKET_PORTS}"
+
+    def chain(self, parent):
+        """The chain of its DNAT rules under NETNS-EXPOSE or NETNS-EXPOSE-LOCAL."""
+        return f"{parent}-{self.bucket}"
 
     def _match_ports(self):
         return "" if self.protocol == "icmp" else f" -m {self.protocol} --dport {self.port}"
@@ -89,25 +171,31 @@ class Mapping:
         to = self.to_address if self.protocol == "icmp" else f"{self.to_address}:{self.to_port}"
         return f"-j DNAT --to-destination {to}"
 
-    def _prerouting(self, source, in_interface):
-        # Without a destination only packets addressed to this host are mapped, so a
-        # host that also routes for others does not hijack their traffic. Not 127.0.0.0/8:
-        # DNAT comes before the routing decision that drops such a packet from the LAN.
+    def _match(self, chain, source, in_interface):
+        # Without a destination only packets addressed to this host are mapped, so a host that also routes for
+        # others does not hijack their traffic. Not 127.0.0.0/8: in PREROUTING, DNAT comes before the routing
+        # decision that drops such a packet from the LAN. The port comes before addrtype: the rules of the other
+        # ports of the range stop at it, before the route lookup that addrtype makes.
         src = f" -s {source}" if source else ""
         dst = f" -d {self.destination}/32" if self.destination else f" ! -d {LOOPBACK}"
         iif = f" -i {in_interface}" if in_interface else ""
         local = "" if self.destination else " -m addrtype --dst-type LOCAL"
-        return (f"-A {PREROUTING_CHAIN}{src}{dst}{iif} -p {self.protocol}{local}{self._match_ports()} "
-                f"{self.comment} {self._dnat_target()}")
+        return f"-A {chain}{src}{dst}{iif} -p {self.protocol}{self._match_ports()}{local} {self.comment}"
 
-    def prerouting_rule(self):
-        return self._prerouting(None, self.in_interface)
+    def _prerouting(self, source, in_interface, mark):
+        match = self._match(self.chain(PREROUTING_CHAIN), source, in_interface)
+        marked = [f"{match} {set_mark_target(mark)}"] if mark else []
+        return marked + [f"{match} {self._dnat_target()}"]
 
-    def hairpin_prerouting_rules(self, sources):
+    def prerouting_rules(self, mark=None):
+        """Its DNAT rule, after a rule that sets `mark` in the flow's conntrack mark (unless mark is None)."""
+        return self._prerouting(None, self.in_interface, mark)
+
+    def hairpin_prerouting_rules(self, sources, mark=None):
         """Clients in the host's own namespaces come in on their veth, not on in_interface: map them too."""
         if not self.in_interface:
-            return []  # the mapping's own rule matches every interface already
-        return [self._prerouting(source, None) for source in sources]
+            return []  # the mapping's own rules match every interface already
+        return [line for source in sources for line in self._prerouting(source, None, mark)]
 
     def hairpin_masquerade_rule(self):
         """A client in the target's own namespace reaching it through the host's address: without SNAT the
@@ -117,18 +205,9 @@ class Mapping:
                 f"{self.comment} -j MASQUERADE")
 
     def output_rule(self):
-        # 127.0.0.0/8 stays out: mapping it would need route_localnet (CVE-2020-8558).
-        dst = f" -d {self.destination}/32" if self.destination else f" ! -d {LOOPBACK}"
-        local = "" if self.destination else " -m addrtype --dst-type LOCAL"
-        return f"-A {LOCAL_CHAIN}{dst} -p {self.protocol}{local}{self._match_ports()} {self.comment} {self._dnat_target()}"
-
-    def forward_rule(self):
-        """Accept exactly the flows this mapping DNATs: both directions, and ICMP errors about them
-        (those are RELATED to the flow's conntrack entry, so they match it too)."""
-        match = f"--ctstate DNAT --ctproto {PROTOCOL_NUMBERS[self.protocol]} --ctreplsrc {self.to_address}"
-        if self.protocol != "icmp":
-            match += f" --ctorigdstport {self.port} --ctreplsrcport {self.to_port}"
-        return f"-A {FORWARD_CHAIN} -m conntrack {match} {self.comment} -j ACCEPT"
+        # 127.0.0.0/8 stays out: mapping it would need route_localnet (CVE-2020-8558). Connections from the host
+        # itself do not cross FORWARD: no mark.
+        return f"{self._match(self.chain(LOCAL_CHAIN), None, None)} {self._dnat_target()}"
 
 
 def mapping_from_params(prefix, params, state):
@@ -136,17 +215,10 @@ def mapping_from_params(prefix, params, state):
     name = params.get("name")
     if not name:
         raise InvalidInput(f"{prefix}name", "is required")
-    if not NAME_PATTERN.match(name):
-        raise InvalidInput(
-            f"{prefix}name",
-            f"{name!r} is not a valid mapping name: use up to 128 letters, digits, '.', '_' and '-', not starting with '-' "
-            "(it is stored in a rule comment)",
-        )
+    check_name(f"{prefix}name", name, "mapping name (it is stored in a rule comment)")
     if state == "absent":
         return Mapping(name=name)
-    protocol = params.get("protocol") or "tcp"
-    if protocol not in PROTOCOLS:
-        raise InvalidInput(f"{prefix}protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    protocol = check_protocol(f"{prefix}protocol", params.get("protocol") or "tcp")
     port, to_port = params.get("port"), params.get("to_port")
     if protocol == "icmp":
         for field_name, value in (("port", port), ("to_port", to_port)):
@@ -155,10 +227,8 @@ def mapping_from_params(prefix, params, state):
     else:
         if port is None:
             raise InvalidInput(f"{prefix}port", f"is required for {protocol}")
-        to_port = port if to_port is None else to_port
-        for field_name, value in (("port", port), ("to_port", to_port)):
-            if not 1 <= value <= 65535:
-                raise InvalidInput(f"{prefix}{field_name}", f"{value} is outside 1..65535")
+        port = check_port(f"{prefix}port", port)
+        to_port = port if to_port is None else check_port(f"{prefix}to_port", to_port)
     to_address = params.get("to_address")
     if not to_address:
         raise InvalidInput(f"{prefix}to_address", "is required")
@@ -168,15 +238,15 @@ def mapping_from_params(prefix, params, state):
         name=name,
         protocol=protocol,
         port=port,
-        to_address=_not_loopback(f"{prefix}to_address", to_address),
+        to_address=check_not_loopback(f"{prefix}to_address", to_address),
         to_port=to_port,
-        destination=_not_loopback(f"{prefix}destination", destination) if destination else None,
+        destination=check_not_loopback(f"{prefix}destination", destination) if destination else None,
         in_interface=check_ifname(f"{prefix}in_interface", in_interface) if in_interface else None,
         local=bool(params.get("local")),
     )
 
 
-def _not_loopback(field, value):
+def check_not_loopback(field, value):
     """A plain IPv4 address outside 127.0.0.0/8: mapping loopback would need route_localnet (CVE-2020-8558)."""
     address = parse_ipv4_address(field, value)
     if address.is_loopback:
@@ -191,37 +261,41 @@ def mappings_from_params(params):
     if params.get("rules") is None:
         return [mapping_from_params("", params, state)]
     mappings = []
-    seen_names, seen_keys = {}, {}
     for index, item in enumerate(params["rules"]):
-        prefix = f"rules[{index}]."
         item = dict(item)
         if item.get("local") is None:
             item["local"] = params.get("local")
-        mapping = mapping_from_params(prefix, item, state)
-        if mapping.name in seen_names:
-            raise InvalidInput(f"{prefix}name", f"{mapping.name!r} is also the name of rules[{seen_names[mapping.name]}]")
-        seen_names[mapping.name] = index
-        if state == "present":
-            if mapping.key in seen_keys:
-                other = seen_keys[mapping.key]
-                raise InvalidInput(
-                    f"{prefix}port",
-                    f"same protocol, port, destination and in_interface as rules[{other}] ({params['rules'][other]['name']!r})",
-                )
-            seen_keys[mapping.key] = index
-        mappings.append(mapping)
+        mappings.append(mapping_from_params(f"rules[{index}].", item, state))
+    check_distinct(mappings, lambda index: f"rules[{index}]", keys=state == "present")
     return mappings
 
 
+def check_distinct(mappings, label, keys=True):
+    """Refuse two mappings with one name, or (keys) that would match the same packets; label(index) names one."""
+    seen_names, seen_keys = {}, {}
+    for index, mapping in enumerate(mappings):
+        if mapping.name in seen_names:
+            raise InvalidInput(f"{label(index)}.name", f"{mapping.name!r} is also the name of {label(seen_names[mapping.name])}")
+        seen_names[mapping.name] = index
+        if keys:
+            if mapping.key in seen_keys:
+                other = seen_keys[mapping.key]
+                raise InvalidInput(f"{label(index)}.port",
+                                   f"{mapping.match_summary()} is also mapped by {label(other)} ({mappings[other].name!r})")
+            seen_keys[mapping.key] = index
+
+
 def _mapping_rules(mapping, spec):
-    rules = {"nat": {PREROUTING_CHAIN: [mapping.prerouting_rule()]}}
+    """table -> chain -> the mapping's rules there, in order."""
+    mark = spec.connmark if spec.accept_forward else None
+    prerouting = mapping.prerouting_rules(mark)
+    rules = {"nat": {}}
     if spec.hairpin:
-        rules["nat"][PREROUTING_CHAIN] += mapping.hairpin_prerouting_rules(spec.hairpin_sources)
+        prerouting += mapping.hairpin_prerouting_rules(spec.hairpin_sources, mark)
         rules["nat"][POSTROUTING_CHAIN] = [mapping.hairpin_masquerade_rule()]
+    rules["nat"][mapping.chain(PREROUTING_CHAIN)] = prerouting
     if mapping.local:
-        rules["nat"][LOCAL_CHAIN] = [mapping.output_rule()]
-    if spec.accept_forward:
-        rules["filter"] = {FORWARD_CHAIN: [mapping.forward_rule()]}
+        rules["nat"][mapping.chain(LOCAL_CHAIN)] = [mapping.output_rule()]
     return rules
 
 
@@ -237,22 +311,35 @@ def hairpin_sources_from_params(values):
 
 
 def rules_by_mapping(owned):
-    """name -> sorted rule lines, from owned rules; lines of no mapping go under None."""
+    """name -> rule lines, from owned rules; lines of no mapping go under None.
+
+    The rules the mappings share (comment OWNER_COMMENT: the range jumps, the FORWARD accept) and the
+    ip_forward marker are left out. Each mapping's lines are by chain name, in their order in the chain.
+    """
     by_name = {}
     for chains in owned.chains.values():
         for lines in chains.values():
             for line in lines:
-                if line == IP_FORWARD_MARK:
-                    continue
                 comment = rule_comment(line) or ""
+                if line == IP_FORWARD_MARK or comment == OWNER_COMMENT:
+                    continue
                 name = comment[len(MAPPING_PREFIX):] if comment.startswith(MAPPING_PREFIX) else None
                 by_name.setdefault(name, []).append(line)
-    return {name: sorted(lines) for name, lines in by_name.items()}
+    return {name: sorted(lines, key=chain_of) for name, lines in by_name.items()}
+
+
+def shared_rules(owned):
+    """The rules of the owned chains that no mapping owns and that the mappings make: comment OWNER_COMMENT."""
+    return sorted(line for chains in owned.chains.values() for lines in chains.values() for line in lines
+                  if rule_comment(line) == OWNER_COMMENT)
 
 
 def _key_of_rule(line):
-    """(protocol, port, destination, in_interface) of an owned PREROUTING rule line."""
-    tokens = shlex.split(line)
+    """(protocol, port, destination, in_interface) of an owned PREROUTING rule line.
+
+    What it reads comes before the comment (the only quoted part) in the rules of a mapping.
+    """
+    tokens = line.split(" -m comment ", 1)[0].split()
     values = {}
     negated = False
     for flag, value in zip(tokens, tokens[1:]):
@@ -277,10 +364,11 @@ class DnatSpec:
     hairpin: bool = True
     hairpin_sources: tuple = ()
     flush_conntrack: bool = True
+    connmark: int = DEFAULT_CONNMARK
 
 
 def desired_rules(spec, current_by_name, mark_ip_forward):
-    """The owned rules after the run: kept mappings as they are, listed ones as declared."""
+    """The owned rules after the run: kept mappings as they are, listed ones as declared, and what they share."""
     listed = {mapping.name for mapping in spec.mappings}
     kept = {} if spec.exclusive else {
         name: lines for name, lines in current_by_name.items() if name is not None and name not in listed
@@ -292,19 +380,36 @@ def desired_rules(spec, current_by_name, mark_ip_forward):
 
     for lines in kept.values():
         for line in lines:
-            add("filter" if line.startswith(f"-A {FORWARD_CHAIN} ") else "nat", line.split()[1], line)
+            add("filter" if line.startswith(f"-A {FORWARD_CHAIN} ") else "nat", chain_of(line), line)
     if spec.state == "present":
         for mapping in spec.mappings:
             for table, chains in _mapping_rules(mapping, spec).items():
                 for chain, lines in chains.items():
                     for line in lines:
                         add(table, chain, line)
-    if mark_ip_forward and desired.chains["nat"].get(PREROUTING_CHAIN):
+    has_mappings = bool(kept) or (spec.state == "present" and bool(spec.mappings))
+    nat = desired.chains["nat"]
+    for chain in sorted((chain for chain in nat if BUCKET_CHAIN.match(chain)), key=_range_order):
+        add("nat", BUCKET_CHAIN.match(chain).group(1), dispatch_rule(chain))
+    marks = set()
+    for lines in nat.values():
+        for line in lines:
+            found = _SET_MARK.search(line)
+            if found and found.group(1) == found.group(2):
+                marks.add(int(found.group(1), 16))
+    for mark in sorted(marks):
+        add("filter", FORWARD_CHAIN, forward_accept_rule(mark))
+    if mark_ip_forward and has_mappings:
         add("nat", PREROUTING_CHAIN, IP_FORWARD_MARK)
     for (table, builtin), chain in JUMPS.items():
         if desired.chains[table].get(chain):
             desired.jumps[table][builtin] = jump_line(builtin, chain)
     return desired
+
+
+def _range_order(chain):
+    parent, protocol, first = BUCKET_CHAIN.match(chain).groups()
+    return (parent, protocol or "", int(first or 0))
 
 
 def check_conflicts(spec, current_by_name):
@@ -317,7 +422,7 @@ def check_conflicts(spec, current_by_name):
         for name, lines in current_by_name.items():
             if name is not None and name not in listed:
                 for line in lines:
-                    if line.startswith(f"-A {PREROUTING_CHAIN} "):
+                    if is_prerouting_rule(line):
                         taken[_key_of_rule(line)] = name
     for index, mapping in enumerate(spec.mappings):
         other = taken.get(mapping.key)
@@ -330,10 +435,11 @@ def check_conflicts(spec, current_by_name):
 
 
 def _skeleton(owned):
-    """The owned chains that exist and the jumps to them."""
+    """The owned chains that exist, the jumps to them, and the rules the mappings share."""
     return {
         "chains": sorted(f"{table} {chain}" for table, chains in owned.chains.items() for chain in chains),
         "jumps": sorted(line for table_jumps in owned.jumps.values() for line in table_jumps.values()),
+        "shared_rules": shared_rules(owned),
     }
 
 
@@ -366,28 +472,40 @@ class DnatPlan(Plan):
 
 def _conntrack_keys(lines):
     """(protocol, port, destination) of the mapped flows of some owned rule lines."""
-    return {_key_of_rule(line)[:3] for line in lines if line.startswith(f"-A {PREROUTING_CHAIN} ")}
+    return {_key_of_rule(line)[:3] for line in lines if is_prerouting_rule(line)}
 
 
-def _delete_flows(conntrack, entry):
-    entry["deleted"] = conntrack.delete(entry["protocol"], entry["port"], entry["destination"])
+def _describe_keys(keys):
+    flows = [protocol + (f" port {port}" if port else "") + (f" to {destination}" if destination else "")
+             for protocol, port, destination in keys]
+    if len(flows) > 3:
+        flows = flows[:3] + [f"{len(flows) - 3} more"]
+    return flows[0] if len(flows) == 1 else f"{', '.join(flows[:-1])} and {flows[-1]}"
+
+
+def _delete_flows(conntrack, keys, entries):
+    counts = conntrack.delete(keys)
+    for key, entry in zip(keys, entries):
+        entry["deleted"] = counts.get(key, 0)
 
 
 def _plan_conntrack(plan, conntrack, keys):
-    """Delete the flows of every mapping key a change touches: they were NATed (or not) by the old rules."""
+    """Delete the flows of every mapping key a change touches (they were NATed, or not, by the old rules):
+    one step, one pass over the conntrack table."""
     if not keys or conntrack is None:
         return
-    if conntrack.binary is None:
+    method = conntrack.method
+    if method is None:
         plan.warnings.append(
-            "conntrack (the tool) was not found: flows that started before this change keep their old translation "
-            f"until their conntrack entries expire; to have them deleted, {install_hint('conntrack')}")
+            "conntrack (netlink or the tool) cannot be used: flows that started before this change keep their old "
+            f"translation until their conntrack entries expire; to have them deleted, {install_hint('conntrack')}")
         return
-    for protocol, port, destination in sorted(keys, key=lambda key: (key[0], key[1] or 0, key[2] or "")):
-        entry = {"protocol": protocol, "port": port, "destination": destination, "deleted": None}
-        plan.conntrack.append(entry)
-        flows = protocol + (f" port {port}" if port else "") + (f" to {destination}" if destination else "")
-        plan.add(f"delete the conntrack entries of {flows}, so that flows older than the change meet the new rules",
-                 partial(_delete_flows, conntrack, entry))
+    keys = sorted(keys, key=key_order)
+    entries = [{"protocol": protocol, "port": port, "destination": destination, "deleted": None}
+               for protocol, port, destination in keys]
+    plan.conntrack.extend(entries)
+    plan.add(f"delete the conntrack entries of {_describe_keys(keys)} in one pass over the conntrack table ({method}), "
+             "so that flows older than the change meet the new rules", partial(_delete_flows, conntrack, keys, entries))
 
 
 def build_plan(backend, spec, dump, ip_forward, conntrack=None):
@@ -399,14 +517,17 @@ def build_plan(backend, spec, dump, ip_forward, conntrack=None):
     current_by_name = rules_by_mapping(current)
     check_conflicts(spec, current_by_name)
     had_mark = IP_FORWARD_MARK in current.chains.get("nat", {}).get(PREROUTING_CHAIN, [])
-    turn_forward_on = spec.ip_forward and spec.state == "present" and ip_forward != 1
-    desired = desired_rules(spec, current_by_name, mark_ip_forward=had_mark or turn_forward_on)
+    wants_forward = spec.ip_forward and spec.state == "present" and ip_forward != 1
+    desired = desired_rules(spec, current_by_name, mark_ip_forward=had_mark or wants_forward)
+    desired_by_name = rules_by_mapping(desired)
+    has_mappings = any(name is not None for name in desired_by_name)
+    # Forwarding goes on only for a mapping, and always with the marker that remembers it.
+    turn_forward_on = wants_forward and has_mappings
     # The last mapping is going: put ip_forward back if the collection turned it on.
-    restore_forward = had_mark and not desired.chains["nat"].get(PREROUTING_CHAIN) and ip_forward != 0
+    restore_forward = had_mark and not has_mappings and ip_forward != 0
 
     plan = DnatPlan(_view(current_by_name, current, ip_forward))
     script, counts = restore_script(current, desired)
-    desired_by_name = rules_by_mapping(desired)
     described = {mapping.name: mapping.summary() for mapping in spec.mappings}
     touched_flows = set()
     for name in sorted(name for name in set(current_by_name) | set(desired_by_name) if name is not None):

@@ -84,17 +84,62 @@ def jump_line(builtin_chain, owned_chain):
 
 
 def owned_rules(dump, owned_chains):
-    """Pick out of a dump the chains in owned_chains (table -> names) and the jumps to them."""
+    """Pick out of a dump the owned chains and the jumps to them from the other chains.
+
+    owned_chains: table -> the names of the owned chains, or a function that tells an owned chain
+    by its name (for chains made as they are needed). Chains are in the order of the dump.
+    """
     owned = OwnedRules()
     for table, names in owned_chains.items():
-        present = set(dump.chains.get(table, []))
-        owned.chains[table] = {name: dump.table_lines(table, name) for name in names if name in present}
+        is_owned = names if callable(names) else set(names).__contains__
+        owned.chains[table] = {name: dump.table_lines(table, name) for name in dump.chains.get(table, []) if is_owned(name)}
         owned.jumps[table] = {}
         for chain, line in dump.rules.get(table, []):
             target = line.rsplit(" -j ", 1)[-1]
-            if chain not in names and target in names and rule_comment(line) == OWNER_COMMENT:
+            if not is_owned(chain) and is_owned(target) and rule_comment(line) == OWNER_COMMENT:
                 owned.jumps[table][chain] = line
     return owned
+
+
+def _groups(lines):
+    """comment -> the lines that carry it, in order."""
+    groups = {}
+    for line in lines:
+        groups.setdefault(rule_comment(line), []).append(line)
+    return groups
+
+
+def chain_changes(have, want):
+    """(lines to delete, lines to append) that turn the rules `have` of a chain into `want`.
+
+    The rules that share a comment (a mapping's) keep their order: a CONNMARK before its DNAT.
+    If deleting what is surplus and appending what is missing would not give them in the
+    wanted order, all of them are deleted and appended again. The rules with the comment
+    OWNER_COMMENT do not depend on each other's order. Other rules are not touched.
+    """
+    delete, append = [], []
+    have_groups, want_groups = _groups(have), _groups(want)
+    for comment in list(have_groups) + [comment for comment in want_groups if comment not in have_groups]:
+        old, new = have_groups.get(comment, []), want_groups.get(comment, [])
+        surplus = Counter(old) - Counter(new)
+        missing = Counter(new) - Counter(old)
+        kept = []
+        for line in old:
+            if surplus[line]:
+                surplus[line] -= 1
+                delete.append(line)
+            else:
+                kept.append(line)
+        added = []
+        for line in new:
+            if missing[line]:
+                missing[line] -= 1
+                added.append(line)
+        if comment != OWNER_COMMENT and kept + added != new:
+            delete.extend(kept)
+            added = list(new)
+        append.extend(added)
+    return delete, append
 
 
 # Jumps are inserted first in these built-in chains: an ACCEPT for a mapped flow
@@ -107,7 +152,8 @@ def restore_script(current, desired):
     """The iptables-restore --noflush input that turns `current` into `desired`.
 
     Only owned chains and jumps appear in it. Rules are deleted and appended one by
-    one (not rewritten), so untouched rules keep their place and counters.
+    one (not rewritten), so untouched rules keep their place and counters; the rules
+    of one mapping keep their order (see chain_changes).
     Returns (script, counts) where counts is table -> (added, deleted); the script
     is empty when nothing differs.
     """
@@ -124,30 +170,23 @@ def restore_script(current, desired):
             if chain not in have:
                 # Declaring a chain that exists would flush it under --noflush: only new ones.
                 lines.append(f":{chain} - [0:0]")
-        for chain, rules in have.items():
-            if chain not in want:
-                continue
-            surplus = Counter(rules) - Counter(want[chain])
-            for line in rules:
-                if surplus[line]:
-                    surplus[line] -= 1
-                    lines.append("-D" + line[2:])
-                    deleted += 1
+        appends = []
+        for chain, rules in want.items():
+            to_delete, to_append = chain_changes(have.get(chain, []), rules)
+            lines.extend("-D" + line[2:] for line in to_delete)
+            deleted += len(to_delete)
+            appends.extend(to_append)
         for builtin, line in sorted(have_jumps.items()):
             if want_jumps.get(builtin) != line:
                 lines.append("-D" + line[2:])
                 deleted += 1
-        for chain in have:
-            if chain not in want:
-                lines.extend([f"-F {chain}", f"-X {chain}"])
-                deleted += len(have[chain])
-        for chain, rules in want.items():
-            missing = Counter(rules) - Counter(have.get(chain, []))
-            for line in rules:
-                if missing[line]:
-                    missing[line] -= 1
-                    lines.append(line)
-                    added += 1
+        # Every chain that goes is emptied before any is deleted: one may still jump to another.
+        gone = [chain for chain in have if chain not in want]
+        lines.extend(f"-F {chain}" for chain in gone)
+        lines.extend(f"-X {chain}" for chain in gone)
+        deleted += sum(len(have[chain]) for chain in gone)
+        lines.extend(appends)
+        added += len(appends)
         for builtin, line in sorted(want_jumps.items()):
             if have_jumps.get(builtin) != line:
                 if (table, builtin) in INSERT_FIRST:

@@ -111,7 +111,7 @@ def specs_from_params(params):
         spec = VethSpec.from_params({**entry, "state": params["state"]}, prefix=f"pairs[{index}].")
         if spec not in distinct:
             for other in distinct:
-                _check_pairs_apart(spec, other)
+                check_pairs_apart(spec, other)
             distinct.append(spec)
         specs.append(spec)
     return specs
@@ -121,7 +121,7 @@ def _shown(value):
     return "unset" if value is None else str(value)
 
 
-def _check_pairs_apart(spec, other):
+def check_pairs_apart(spec, other):
     """Refuse two different pairs of one batch that cannot both be as declared."""
     where = other.prefix.rstrip(".")
     if spec.netns == other.netns:

@@ -1,11 +1,16 @@
 # -*- coding: utf-8 -*-
 # Copyright: netns.expose contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Checks of the probe module: validation, one attempt per protocol, retries, results.
+"""Checks of the probe module: validation, one attempt per check type, retries, results.
 
 Every check is validated (messages name it as checks[<index>].<field>) before any
 packet is sent. The checks then run side by side, each with its own retries, and
 their results come back in input order.
+
+A check has a protocol (tcp, udp, icmp) and a check type that says what is done over it:
+http (a GET over tcp), tcp (a connection, optionally a probe and an expected reply),
+udp (a datagram and its reply), icmp (an echo request). Without a check type, protocol
+tcp is an http check, as before check types existed.
 """
 from __future__ import annotations
 
@@ -20,12 +25,26 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput, parse_ipv4_address
+from ansible_collections.netns.expose.plugins.module_utils._validation import (
+    InvalidInput,
+    check_integer,
+    check_port,
+    check_protocol,
+    parse_ipv4_address,
+)
 
-PROTOCOLS = ("tcp", "udp", "icmp")
-CHECK_FIELDS = ("target", "address", "protocol", "port", "path", "expect", "probe", "status")
-# Which protocols take a field at all; the others refuse it rather than ignore it.
-FIELD_PROTOCOLS = {"port": ("tcp", "udp"), "path": ("tcp",), "status": ("tcp",), "expect": ("tcp", "udp"), "probe": ("udp",)}
+CHECK_TYPES = ("http", "tcp", "udp", "icmp")
+CHECK_PROTOCOL = {"http": "tcp", "tcp": "tcp", "udp": "udp", "icmp": "icmp"}  # what each check type runs over
+DEFAULT_CHECK = {"tcp": "http", "udp": "udp", "icmp": "icmp"}  # the check type of a protocol without `check`
+CHECK_FIELDS = ("target", "address", "protocol", "check", "port", "path", "expect", "probe", "status")
+# Which check types take a field at all; the others refuse it rather than ignore it.
+FIELD_CHECKS = {
+    "port": ("http", "tcp", "udp"),
+    "path": ("http",),
+    "status": ("http",),
+    "expect": ("http", "tcp", "udp"),
+    "probe": ("tcp", "udp"),
+}
 TEXT_LIMIT = 4096  # characters of a body or reply kept in the result
 READ_LIMIT = 1 << 20  # bytes of a body searched for `expect`
 DETAIL_LIMIT = 60  # characters of a reply quoted in `detail`
@@ -49,11 +68,16 @@ class Check:
     expect: str | None = None
     probe: str | None = None
     status: int = 200
+    check: str | None = None  # the check type; None takes the protocol's default (DEFAULT_CHECK)
+
+    def __post_init__(self):
+        if self.check is None:
+            object.__setattr__(self, "check", DEFAULT_CHECK[self.protocol])
 
     @property
     def skipped(self):
         """A UDP service answers what it likes: without a probe and an expectation there is nothing to check."""
-        return self.protocol == "udp" and self.probe is None and self.expect is None
+        return self.check == "udp" and self.probe is None and self.expect is None
 
 
 @dataclass
@@ -78,16 +102,6 @@ def _text(field, value):
     return str(value)
 
 
-def _integer(field, value, low, high):
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(field, f"must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise InvalidInput(field, f"{value} is outside {low}..{high}")
-    return value
-
-
 def _path(field, value):
     path = _text(field, value)
     if not path.startswith("/"):
@@ -95,6 +109,34 @@ def _path(field, value):
     if any(char.isspace() or not char.isprintable() for char in path):
         raise InvalidInput(field, f"{path!r} must not contain whitespace or control characters (percent-encode them)")
     return path
+
+
+def _one_of(names):
+    """'http', 'http and tcp', 'http, tcp and udp'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _protocol_and_check(prefix, given):
+    """(protocol, check type) of an entry: either may be left out, not both; they must agree."""
+    protocol = check = None
+    if given.get("protocol", "") != "":
+        protocol = check_protocol(f"{prefix}.protocol", _text(f"{prefix}.protocol", given["protocol"]))
+    if given.get("check", "") != "":
+        check = _text(f"{prefix}.check", given["check"])
+        if check not in CHECK_TYPES:
+            raise InvalidInput(f"{prefix}.check", f"{check!r} is not one of {', '.join(CHECK_TYPES)}")
+    if protocol is None and check is None:
+        raise InvalidInput(f"{prefix}.protocol", "is required (or check, which implies it)")
+    if protocol is None:
+        return CHECK_PROTOCOL[check], check
+    if check is None:
+        return protocol, DEFAULT_CHECK[protocol]
+    if CHECK_PROTOCOL[check] != protocol:
+        over = [name for name in CHECK_TYPES if CHECK_PROTOCOL[name] == protocol]
+        raise InvalidInput(f"{prefix}.check", f"{check} does not go with protocol {protocol} "
+                                              f"({check} checks are over {CHECK_PROTOCOL[check]}; "
+                                              f"{protocol} takes {_one_of(over)})")
+    return protocol, check
 
 
 def parse_check(index, item):
@@ -106,31 +148,35 @@ def parse_check(index, item):
     if unknown:
         raise InvalidInput(f"{prefix}.{unknown[0]}", f"is not an option of a check (those are {', '.join(CHECK_FIELDS)})")
     given = {key: value for key, value in item.items() if value is not None}
-    for field in ("target", "address", "protocol"):
+    for field in ("target", "address"):
         if field not in given or given[field] == "":
             raise InvalidInput(f"{prefix}.{field}", "is required")
-    protocol = _text(f"{prefix}.protocol", given["protocol"])
-    if protocol not in PROTOCOLS:
-        raise InvalidInput(f"{prefix}.protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    for field, protocols in FIELD_PROTOCOLS.items():
-        if field in given and protocol not in protocols:
-            raise InvalidInput(f"{prefix}.{field}", f"{protocol} checks take no {field} (only {' and '.join(protocols)} do)")
+    protocol, kind = _protocol_and_check(prefix, given)
+    for field, kinds in FIELD_CHECKS.items():
+        if field in given and kind not in kinds:
+            hint = ""
+            if "check" not in given and protocol == "tcp" and "tcp" in kinds:
+                hint = "; protocol tcp without check is an http check: set check: tcp for a plain TCP exchange"
+            raise InvalidInput(f"{prefix}.{field}", f"{kind} checks take no {field} (only {_one_of(kinds)} do){hint}")
     if protocol != "icmp" and "port" not in given:
         raise InvalidInput(f"{prefix}.port", f"is required for {protocol}")
-    if protocol == "udp" and "expect" in given and "probe" not in given:
+    if kind == "udp" and "expect" in given and "probe" not in given:
         raise InvalidInput(f"{prefix}.probe", "is required with expect: it is the datagram that asks for the reply")
     check = Check(
         target=_text(f"{prefix}.target", given["target"]),
         address=str(parse_ipv4_address(f"{prefix}.address", _text(f"{prefix}.address", given["address"]))),
         protocol=protocol,
-        port=_integer(f"{prefix}.port", given["port"], 1, 65535) if "port" in given else None,
+        check=kind,
+        port=check_port(f"{prefix}.port", given["port"]) if "port" in given else None,
         path=_path(f"{prefix}.path", given["path"]) if "path" in given else "/",
         expect=_text(f"{prefix}.expect", given["expect"]) if "expect" in given else None,
         probe=_text(f"{prefix}.probe", given["probe"]) if "probe" in given else None,
-        status=_integer(f"{prefix}.status", given["status"], 100, 599) if "status" in given else 200,
+        status=check_integer(f"{prefix}.status", given["status"], 100, 599) if "status" in given else 200,
     )
     if check.expect == "":
         raise InvalidInput(f"{prefix}.expect", "must not be empty (it would match anything)")
+    if check.check == "tcp" and check.probe == "":
+        raise InvalidInput(f"{prefix}.probe", "must not be empty (leave it out to only read what the service says first)")
     return check
 
 
@@ -191,6 +237,52 @@ def http_attempt(check, timeout):
     if check.expect is not None and check.expect not in body:
         return Attempt(False, f"{check.expect!r} not in body", latency, extra)
     return Attempt(True, f"HTTP {response.status}", latency, extra)
+
+
+def tcp_attempt(check, timeout):
+    """Connect; with a probe or an expect, send the probe (if any) and read the reply.
+
+    Without either, a connection the service accepts is the answer. Else the reply is read
+    until `expect` shows up in it (or, without expect, until something came), the service
+    closes the connection, or `timeout` passes after connecting.
+    """
+    started = time.monotonic()
+    try:
+        client = socket.create_connection((check.address, check.port), timeout=timeout)
+    except OSError as exc:
+        return Attempt(False, _socket_error(exc, timeout))
+    with client:
+        if check.probe is None and check.expect is None:
+            return Attempt(True, "connected", _elapsed_ms(started))
+        wanted = None if check.expect is None else check.expect.encode()
+        data, failure = b"", None
+        try:
+            if check.probe is not None:
+                client.sendall(check.probe.encode())
+            deadline = time.monotonic() + timeout
+            while len(data) < READ_LIMIT:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise socket.timeout()
+                client.settimeout(remaining)
+                chunk = client.recv(65536)
+                if not chunk:  # the service closed the connection
+                    break
+                data += chunk
+                if wanted is None or wanted in data:
+                    break
+        except socket.timeout:
+            failure = f"no reply within {_seconds(timeout)}"
+        except OSError as exc:
+            failure = _socket_error(exc, timeout)
+    if not data:
+        return Attempt(False, failure or "connection closed without a reply")
+    latency = _elapsed_ms(started)
+    reply = data.decode("utf-8", errors="replace")
+    extra = {"reply": reply[:TEXT_LIMIT]}
+    if wanted is not None and wanted not in data:
+        return Attempt(False, f"{check.expect!r} not in reply {_quote(reply)}", latency, extra)
+    return Attempt(True, f"reply {_quote(reply)}", latency, extra)
 
 
 def udp_attempt(check, timeout):
@@ -324,9 +416,11 @@ class Prober:
         self.new_socket = new_socket
 
     def attempt(self, check):
-        if check.protocol == "tcp":
+        if check.check == "http":
             return http_attempt(check, self.timeout)
-        if check.protocol == "udp":
+        if check.check == "tcp":
+            return tcp_attempt(check, self.timeout)
+        if check.check == "udp":
             return udp_attempt(check, self.timeout)
         return icmp_attempt(check, self.timeout, self.new_socket)
 
@@ -356,6 +450,7 @@ def result_of(check, attempt, attempts, skipped=False):
         target=check.target,
         address=check.address,
         protocol=check.protocol,
+        check=check.check,
         port=check.port,
         ok=attempt.ok,
         skipped=skipped,

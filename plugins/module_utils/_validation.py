@@ -9,9 +9,18 @@ input with one clear message before it reads or changes anything.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 # Linux IFNAMSIZ is 16 including the terminating NUL.
 IFNAME_MAX_LEN = 15
+# What the collection publishes, and which of those have ports.
+PROTOCOLS = ("tcp", "udp", "icmp")
+PORTED_PROTOCOLS = ("tcp", "udp")
+PORT_MIN, PORT_MAX = 1, 65535
+# The names the collection writes into rule comments, unit names and file names (mappings, services,
+# demo instances): letters, digits, '.', '_' and '-', not starting with '-', so that nothing in a name
+# can close a quoted comment or read as an option.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class InvalidInput(ValueError):
@@ -20,6 +29,36 @@ class InvalidInput(ValueError):
     def __init__(self, field, problem):
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
+
+
+def check_integer(field, value, low, high):
+    """An integer in low..high; a string of digits (from a command line or an inventory) is taken as its number."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(field, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidInput(field, f"{value} is outside {low}..{high}")
+    return value
+
+
+def check_port(field, value):
+    return check_integer(field, value, PORT_MIN, PORT_MAX)
+
+
+def check_protocol(field, value):
+    if value not in PROTOCOLS:
+        raise InvalidInput(field, f"{value!r} is not one of {', '.join(PROTOCOLS)}")
+    return value
+
+
+def check_name(field, value, what):
+    """A name matching NAME_PATTERN; `what` says what it names, for the message."""
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise InvalidInput(field, f"{value!r} is not a valid {what}: use up to 128 letters, digits, '.', '_' and '-', "
+                                  "not starting with '-'")
+    return value
 
 
 def check_ifname(field, value):

@@ -16,10 +16,12 @@ description:
   - Takes one mapping as top-level options, or a list of them in O(rules), applied as one batch.
   - B(Owned chains.) The rules live in chains of the collection's own. In the C(nat) table, C(NETNS-EXPOSE) is
     jumped to from C(PREROUTING), C(NETNS-EXPOSE-LOCAL) from C(OUTPUT) when a mapping has O(local=true), and
-    C(NETNS-EXPOSE-POST) from the top of C(POSTROUTING) with O(hairpin).
+    C(NETNS-EXPOSE-POST) from the top of C(POSTROUTING) with O(hairpin). The DNAT rules are in chains per protocol
+    and range of 64 host ports under the first two, such as C(NETNS-EXPOSE-tcp-8064) for tcp ports 8064 to 8127
+    (and C(NETNS-EXPOSE-icmp)), each jumped to by one rule that matches its range.
     In the C(filter) table, C(NETNS-EXPOSE-FWD) is jumped to from the top of C(FORWARD).
-    Each rule carries the comment C(netns.expose:<name>) naming its mapping; the jumps carry C(netns.expose).
-    No other rule or chain is ever changed.
+    Each rule of a mapping carries the comment C(netns.expose:<name>) naming it; the jumps and the rules the
+    mappings share carry C(netns.expose). No other rule or chain is ever changed.
   - B(Atomic.) The module reads the host with one C(iptables-save) and applies all changes of a run in one
     C(iptables-restore --noflush) transaction, waiting for the xtables lock. iptables-restore commits table by table,
     so if a later table fails, the module puts the owned rules of the earlier ones back as they were and fails.
@@ -28,14 +30,20 @@ description:
     mapping are removed.
   - B(Only this host's traffic.) A mapping without O(destination) matches only packets addressed to a local address
     of the host (C(-m addrtype --dst-type LOCAL)), so a host that routes for other machines does not take their traffic.
-  - B(Forwarding.) With O(accept_forward) the module accepts in C(FORWARD) exactly the flows it DNATs
-    (conntrack state DNAT to O(to_address):O(to_port) from O(port)), both directions, and the ICMP errors about them
-    (which are RELATED to the flow), so path MTU discovery works. Hosts whose C(FORWARD) policy is C(DROP), as with
+  - B(Forwarding.) With O(accept_forward) the rules that DNAT a flow in C(PREROUTING) first set one bit of its
+    conntrack mark (O(connmark)), and one rule in C(NETNS-EXPOSE-FWD) accepts the flows that carry it and were DNAT-ed,
+    which are exactly the mapped flows, both directions, and the ICMP errors about them (which are RELATED to the flow and
+    have its conntrack entry), so path MTU discovery works. Hosts whose C(FORWARD) policy is C(DROP), as with
     Docker or hardened images, need this. Forwarding is never accepted wholesale.
+  - B(Cost per packet.) A forwarded packet meets that one rule, however many mappings there are. Only the first
+    packet of a flow meets the C(nat) rules, one jump per mapped range of its protocol and the mappings of its range.
   - B(No stale flows.) NAT is decided when a conntrack entry is made, so a flow that started before a mapping was
     added, changed or removed would keep its old translation (or none) until its entry expires. With
     O(flush_conntrack) the module deletes the conntrack entries of the protocol, host port (and O(destination))
-    of each mapping it adds, changes or removes, and of no other, and reports them in RV(conntrack).
+    of each mapping it adds, changes or removes, and of no other, and reports them in RV(conntrack). It reads the
+    conntrack table once over netlink, matches every entry against all those mappings, and deletes only the
+    matching entries, whatever the number of mappings; where netlink cannot be used, the C(conntrack) tool lists
+    the table once and deletes the entries of each mapping that has some.
   - B(No localnet hole.) O(local) maps the host's own addresses in C(OUTPUT), never 127.0.0.0/8, and
     C(route_localnet) is never turned on, so LAN neighbours cannot reach services bound to 127.0.0.1 (CVE-2020-8558).
     A loopback O(destination) or O(to_address) is refused, and a mapping without O(destination) does not match
@@ -153,7 +161,8 @@ options:
   accept_forward:
     description:
       - Accept in the C(filter FORWARD) chain exactly the flows each mapping DNATs, for hosts whose C(FORWARD)
-        policy is C(DROP).
+        policy is C(DROP). The mappings set the bit O(connmark) on their flows, and one rule accepts them all.
+      - With V(false) the mappings of the run do not mark their flows; mappings that do (of other runs) keep the rule.
     type: bool
     default: true
   hairpin:
@@ -173,12 +182,23 @@ options:
   flush_conntrack:
     description:
       - Delete the conntrack entries of each mapping that is added, changed or removed (its protocol, host port and
-        O(destination)), so that flows that started before the change meet the new rules. Needs the C(conntrack) tool
-        on the host; without it the module warns and deletes nothing.
+        O(destination)), so that flows that started before the change meet the new rules. One read of the conntrack
+        table over netlink (ctnetlink, from Python's standard library), or the C(conntrack) tool where netlink cannot
+        be used; with neither, the module warns and deletes nothing.
       - Without O(destination) the entries of the port to any address are deleted, including flows the host routes
         for others; those are picked up again by conntrack on their next packet.
     type: bool
     default: true
+  connmark:
+    description:
+      - The bit of the conntrack mark that the mappings set on the flows they DNAT, and that the one C(FORWARD) rule
+        of O(accept_forward) tests. A number with exactly one bit set; the default is V(0x1000000) (bit 24).
+      - The default is none of the marks of kube-proxy (V(0x4000), V(0x8000)), Tailscale (V(0xff0000)) or
+        Cilium (V(0xf00)); Docker and firewalld set no conntrack mark. Choose another bit if a program on the
+        host uses this one of the conntrack mark (for example with C(CONNMARK --save-mark) without a mask).
+      - Changing it updates every mapping listed, and deletes their flows (O(flush_conntrack)).
+    type: int
+    default: 16777216
   iptables:
     description:
       - Which iptables variant to use. V(auto) uses the variant of the host's C(iptables) command, as the rest of
@@ -231,8 +251,11 @@ actions:
   elements: str
   sample:
     - add mapping http-web (tcp 8090 -> 10.244.1.2:9090)
-    - update the jumps to the netns.expose chains
-    - "commit the rule changes in one iptables-restore --noflush transaction (nft: filter +2 -0, nat +3 -0)"
+    - update the netns.expose chains and the jumps to them
+    - "commit the rule changes in one iptables-restore --noflush transaction (nft: filter +2 -0, nat +7 -0)"
+    - >-
+      delete the conntrack entries of tcp port 8090 to 10.211.55.122 in one pass over the conntrack table (netlink),
+      so that flows older than the change meet the new rules
     - set net.ipv4.ip_forward = 1 (was 0)
 mappings:
   description: Every mapping the collection owns on the host after the run (predicted in check mode), with its rules.
@@ -241,11 +264,18 @@ mappings:
   sample:
     http-web:
       - >-
-        -A NETNS-EXPOSE -d 10.211.55.122/32 -i eth0 -p tcp -m tcp --dport 8090
+        -A NETNS-EXPOSE-POST -s 10.244.1.2/32 -d 10.244.1.2/32 -p tcp -m tcp --dport 9090
+        -m comment --comment "netns.expose:http-web" -j MASQUERADE
+      - >-
+        -A NETNS-EXPOSE-tcp-8064 -d 10.211.55.122/32 -i eth0 -p tcp -m tcp --dport 8090
+        -m comment --comment "netns.expose:http-web" -j CONNMARK --set-xmark 0x1000000/0x1000000
+      - >-
+        -A NETNS-EXPOSE-tcp-8064 -d 10.211.55.122/32 -i eth0 -p tcp -m tcp --dport 8090
         -m comment --comment "netns.expose:http-web" -j DNAT --to-destination 10.244.1.2:9090
 conntrack:
   description:
-    - The conntrack entries deleted, one entry per protocol, host port and destination of the mappings that changed.
+    - The conntrack entries deleted, one entry per protocol, host port and destination of the mappings that changed
+      (all deleted in one pass over the table).
     - C(deleted) is the number of entries, or null in check mode.
   returned: always
   type: list
@@ -267,6 +297,7 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     DnatSpec,
     RolledBack,
     build_plan,
+    connmark_from_params,
     hairpin_sources_from_params,
     mappings_from_params,
     read_ip_forward,
@@ -301,6 +332,7 @@ def main():
             hairpin=dict(type="bool", default=True),
             hairpin_sources=dict(type="list", elements="str", default=[]),
             flush_conntrack=dict(type="bool", default=True),
+            connmark=dict(type="int", default=0x1000000),
             iptables=dict(type="str", choices=["auto", "nft", "legacy"], default="auto"),
         ),
         mutually_exclusive=[("name", "rules")],
@@ -318,6 +350,7 @@ def main():
             hairpin=params["hairpin"],
             hairpin_sources=hairpin_sources_from_params(params["hairpin_sources"]),
             flush_conntrack=params["flush_conntrack"],
+            connmark=connmark_from_params(params["connmark"]),
         )
         backend = IptablesBackend(module, params["iptables"])
         plan = build_plan(backend, spec, backend.read(), read_ip_forward(), conntrack=ConntrackTable(module))

@@ -12,8 +12,17 @@ description:
   - Reaches a list of services from the managed host, in one module call, and reports for each whether it answered
     as expected and how long it took. Typically run on a slave against every service the masters publish with
     M(netns.expose.dnat_rule).
-  - V(tcp) checks send C(GET http://<address>:<port><path>) and compare the HTTP status (and optionally look for a text
-    in the body). No proxy is used and redirects are not followed, so the answer comes from the service itself.
+  - Each check has a check type, O(checks[].check), that says what is done over its O(checks[].protocol). Without
+    O(checks[].check), protocol V(tcp) is an V(http) check, V(udp) a V(udp) check and V(icmp) an V(icmp) check,
+    so a tcp entry without O(checks[].check) expects an HTTP service. Set O(checks[].check=tcp) for any other
+    service over TCP (SSH, a database, a line protocol).
+  - V(http) checks (over tcp) send C(GET http://<address>:<port><path>) and compare the HTTP status (and optionally
+    look for a text in the body). No proxy is used and redirects are not followed, so the answer comes from the
+    service itself.
+  - V(tcp) checks connect; a connection the service accepts passes. With O(checks[].probe) they send it, and with
+    O(checks[].expect) they read the reply until the text shows up (without a probe, what the service says first,
+    such as an SSH banner). With either, a service that says nothing within O(timeout) fails (C(no reply within 3 s));
+    with a probe but no expect, any reply passes.
   - V(udp) checks send one datagram (O(checks[].probe)) from a connected socket and wait for the reply.
     A UDP check with neither O(checks[].probe) nor O(checks[].expect) is reported as skipped, because nothing tells
     what the service answers.
@@ -56,35 +65,51 @@ options:
         type: str
         required: true
       protocol:
-        description: How to reach the service.
+        description:
+          - The protocol the service is reached over.
+          - Required unless O(checks[].check) is given, which implies it (V(http) and V(tcp) are over V(tcp)).
         type: str
-        required: true
         choices: [tcp, udp, icmp]
+      check:
+        description:
+          - What the check does. V(http) is an HTTP GET (O(checks[].path), O(checks[].status), O(checks[].expect) in
+            the body); V(tcp) a connection, optionally with O(checks[].probe) and O(checks[].expect) in the reply;
+            V(udp) a datagram and its reply; V(icmp) an echo request.
+          - Defaults to V(http) for protocol V(tcp), V(udp) for V(udp) and V(icmp) for V(icmp), which is what
+            entries without it always did.
+          - A check type that does not go with O(checks[].protocol) (such as V(http) with V(udp)) is refused.
+        type: str
+        choices: [http, tcp, udp, icmp]
       port:
-        description: Port of the service, 1 to 65535. Required for V(tcp) and V(udp); V(icmp) checks refuse it.
+        description:
+          - Port of the service, 1 to 65535. Required for protocols V(tcp) and V(udp); V(icmp) checks refuse it.
         type: int
       path:
         description:
-          - Path of the HTTP request, starting with V(/) (a query string may follow). V(tcp) only.
+          - Path of the HTTP request, starting with V(/) (a query string may follow). V(http) only.
         type: str
         default: /
       status:
         description:
-          - The HTTP status the service must answer with. V(tcp) only.
+          - The HTTP status the service must answer with. V(http) only.
         type: int
         default: 200
       expect:
         description:
-          - A text that must appear in the HTTP body (V(tcp)) or in the reply (V(udp)).
-          - V(udp) checks that set it must set O(checks[].probe) too.
+          - A text that must appear in the HTTP body (V(http)) or in the reply (V(tcp), V(udp)).
+          - V(udp) checks that set it must set O(checks[].probe) too; V(tcp) checks without a probe look for it in
+            what the service says first.
         type: str
       probe:
-        description: The datagram to send, as text (sent UTF-8 encoded). V(udp) only.
+        description:
+          - What to send, as text (sent UTF-8 encoded). The datagram of a V(udp) check, or what a V(tcp) check sends
+            once connected (with the line end the service may need, such as CR LF).
+          - V(tcp) and V(udp) only.
         type: str
   timeout:
     description:
-      - Seconds to wait for each attempt of a check (connecting, then each read; the reply of a UDP probe or of an
-        ICMP echo request).
+      - Seconds to wait for each attempt of a check (connecting, then each read of an V(http) check; the reply of a
+        V(tcp) check once connected; the reply of a UDP probe or of an ICMP echo request).
     type: float
     default: 3
   retries:
@@ -102,6 +127,8 @@ options:
     default: true
 notes:
   - Skipped checks have RV(results[].ok=false) and RV(results[].skipped=true); they never count as failed.
+  - Every other key in an entry of O(checks) is refused, so a playbook that keeps further data in its checks (such as
+    the mapping a check goes through) removes it before calling the module.
 seealso:
   - module: netns.expose.dnat_rule
 """
@@ -114,6 +141,13 @@ EXAMPLES = r"""
       - {target: master, address: 10.211.55.122, protocol: udp, port: 8053, probe: ping, expect: pong}
       - {target: master, address: 10.211.55.122, protocol: icmp}
   register: probed
+
+- name: Services that do not speak HTTP
+  netns.expose.probe:
+    checks:
+      - {target: db, address: 10.211.55.122, protocol: tcp, check: tcp, port: 5432}  # accepts connections
+      - {target: ssh, address: 10.211.55.122, check: tcp, port: 22, expect: SSH-2.0}  # its banner
+      - {target: redis, address: 10.211.55.122, check: tcp, port: 6379, probe: "PING\r\n", expect: "+PONG"}
 
 - name: Only report, with retries for services that are still starting
   netns.expose.probe:
@@ -149,6 +183,11 @@ results:
       description: V(tcp), V(udp) or V(icmp).
       type: str
       sample: tcp
+    check:
+      description: The check type that ran, V(http), V(tcp), V(udp) or V(icmp) (the default of the protocol when
+        O(checks[].check) was left out).
+      type: str
+      sample: http
     port:
       description: The port reached; V(null) for V(icmp).
       type: int
@@ -173,29 +212,33 @@ results:
       type: int
       sample: 1
     detail:
-      description: A short human reason.
+      description:
+        - A short human reason, such as V(HTTP 200), V(connected) (a V(tcp) check without probe and expect),
+          V(reply 'echo:ping'), V(connection refused), V(no reply within 3 s) or V('pong' not in reply 'echo:ping').
       type: str
       sample: HTTP 200
     status:
       description: The HTTP status received.
-      returned: for V(tcp) checks that got an HTTP response
+      returned: for V(http) checks that got an HTTP response
       type: int
       sample: 200
     body:
       description: The HTTP body received (decoded as UTF-8), truncated to 4096 characters.
-      returned: for V(tcp) checks that got an HTTP response
+      returned: for V(http) checks that got an HTTP response
       type: str
       sample: hello from master
     reply:
-      description: The UDP reply received (decoded as UTF-8), truncated to 4096 characters.
-      returned: for V(udp) checks that got a reply
+      description:
+        - The reply received (decoded as UTF-8), truncated to 4096 characters. For V(tcp) checks, what was read
+          until O(checks[].expect) showed up (or the first data, without expect).
+      returned: for V(tcp) and V(udp) checks that got a reply
       type: str
       sample: echo:ping
   sample:
-    - {target: master, address: 10.211.55.122, protocol: tcp, port: 8090, ok: true, skipped: false, latency_ms: 1.3,
-       attempts: 1, detail: HTTP 200, status: 200, body: hello from master}
-    - {target: master, address: 10.211.55.122, protocol: udp, port: 8053, ok: false, skipped: false, latency_ms: null,
-       attempts: 1, detail: no reply within 3 s}
+    - {target: master, address: 10.211.55.122, protocol: tcp, check: http, port: 8090, ok: true, skipped: false,
+       latency_ms: 1.3, attempts: 1, detail: HTTP 200, status: 200, body: hello from master}
+    - {target: master, address: 10.211.55.122, protocol: udp, check: udp, port: 8053, ok: false, skipped: false,
+       latency_ms: null, attempts: 1, detail: no reply within 3 s}
 failed_checks:
   description: How many checks failed (skipped checks do not count).
   returned: always

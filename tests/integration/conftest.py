@@ -7,7 +7,8 @@
 - ansible_env (session): the environment of hack/env.sh, for Ansible and nslab.py runs.
 - ansible (session): an AnsibleRunner with run_module(...) and run_playbook(...).
 - run_module(host, module, args, check=False, diff=False, python=None) -> the task's result dict.
-- run_playbook(path_or_text, extra_vars=None, check=False, diff=False) -> the whole run as a dict.
+- run_playbook(path_or_text, extra_vars=None, check=False, diff=False, extra_args=()) -> the whole run as a dict,
+  with what Ansible wrote on stderr (warnings) under "stderr".
 - host_exec(host, argv, **kwargs) -> subprocess.CompletedProcess, argv run in a lab host.
 - make_lab(suffix) -> a further Lab (not built) with the same hosts, taken down after the test.
 - machine_lab (session): a Lab of booted machines (master and slave, tests/lab/machines.yml),
@@ -157,8 +158,12 @@ class AnsibleRunner:
         path.write_text(text, encoding="utf-8")
         return path
 
-    def run_playbook(self, path_or_text, extra_vars=None, check=False, diff=False):
-        """Run a playbook (a Path, a path string, or YAML text with a newline); return the run as a dict."""
+    def run_playbook(self, path_or_text, extra_vars=None, check=False, diff=False, extra_args=()):
+        """Run a playbook (a Path, a path string, or YAML text with a newline); return the run as a dict.
+
+        extra_args go to ansible-playbook as they are, e.g. ("-e", "expose_exclusive=false") for
+        extra variables given as text, as users type them.
+        """
         if isinstance(path_or_text, str) and "\n" in path_or_text:
             playbook = self._new_file("playbook.yml", path_or_text)
         else:
@@ -166,11 +171,11 @@ class AnsibleRunner:
         argv = ["ansible-playbook", "-i", str(self.inventory), str(playbook)]
         if extra_vars:
             argv += ["-e", f"@{self._new_file('extra-vars.json', json.dumps(extra_vars))}"]
-        argv += ["--check"] * check + ["--diff"] * diff
+        argv += ["--check"] * check + ["--diff"] * diff + list(extra_args)
         done = subprocess.run(argv, env=self.env, cwd=REPO, capture_output=True, text=True,
                               timeout=ANSIBLE_TIMEOUT, check=False)
         try:
-            return json.loads(done.stdout)
+            return {**json.loads(done.stdout), "stderr": done.stderr}
         except ValueError:
             raise AssertionError(
                 f"ansible-playbook printed no JSON (rc {done.returncode})\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 MASTER = "master"
 VARIANTS = ("nft", "legacy")
-DEMO_SERVICE = Path(__file__).resolve().parents[2] / "roles" / "expose" / "files" / "demo_service.py"
+DEMO_SERVICE = Path(__file__).resolve().parents[2] / "roles" / "demo_service" / "files" / "demo_service.py"
 # What the demo service answers, as the recipe's service does.
 DEMO_REPLY = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
 # The recipe's pair: ns1 behind veth1b.

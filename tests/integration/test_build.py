@@ -45,14 +45,18 @@ def run_installed(installed, program, *argv):
     return subprocess.run([BIN / program, *argv], env=env, capture_output=True, text=True, check=False, cwd="/")
 
 
-def test_role_docs_render_from_the_installed_tarball(installed):
-    done = run_installed(installed, "ansible-doc", "-t", "role", "netns.expose.expose")
+@pytest.mark.parametrize("role, texts", [
+    ("netns.expose.expose", ("ENTRY POINT: *main*", "ENTRY POINT: *plan*", "expose_services")),
+    ("netns.expose.demo_service", ("ENTRY POINT: *main*", "demo_service_instances", "demo_service_state", "NetworkNamespacePath")),
+])
+def test_role_docs_render_from_the_installed_tarball(installed, role, texts):
+    done = run_installed(installed, "ansible-doc", "-t", "role", role)
     assert done.returncode == 0, done.stderr
-    for text in ("ENTRY POINT: *main*", "ENTRY POINT: *plan*", "expose_services", "expose_demo_service"):
+    for text in texts:
         assert text in done.stdout, text
 
 
-@pytest.mark.parametrize("playbook", ["netns.expose.expose", "netns.expose.verify"])
+@pytest.mark.parametrize("playbook", ["netns.expose.expose", "netns.expose.verify", "netns.expose.demo"])
 def test_the_playbooks_run_as_collection_playbooks(installed, playbook, tmp_path):
     inventory = tmp_path / "inventory.ini"
     inventory.write_text("[masters]\nm1\n[slaves]\ns1\n", encoding="utf-8")
@@ -65,3 +69,5 @@ def test_the_tarball_leaves_out_development_files(installed):
     root = installed / "ansible_collections" / "netns" / "expose"
     assert (root / "plugins" / "modules" / "netns_veth.py").exists()
     assert not (root / ".venv").exists() and not (root / "hack").exists()
+    assert (root / "roles" / "demo_service" / "files" / "demo_service.py").exists()
+    assert not (root / "roles" / "expose" / "files").exists(), "the expose role carries no demo any more"

@@ -19,6 +19,8 @@ import nslab
 REPO = Path(__file__).resolve().parents[2]
 EXPOSE = REPO / "playbooks" / "expose.yml"
 VERIFY = REPO / "playbooks" / "verify.yml"
+# The demo service of the services with demo: true, on the lab's masters (no systemd there).
+DEMO = REPO / "tests" / "lab" / "demo_services.yml"
 REPLY = json.loads(DEMO_REPLY)
 MASTERS = {"m1": "10.211.55.122", "m2": "10.211.55.124"}
 SLAVES = {"s1": "10.211.55.123", "s2": "10.211.55.125"}
@@ -28,6 +30,7 @@ SERVICE = {
     "ports": [{"protocol": "tcp", "host_port": 8090, "ns_port": 9090, "expect": "hello world"},
               {"protocol": "udp", "host_port": 8053, "ns_port": 53, "probe": "hi", "expect": "hello world"},
               {"protocol": "icmp"}],
+    "demo": True,
 }
 
 
@@ -39,7 +42,7 @@ def fleet(tmp_path_factory, ansible_env):
     lab_group["vars"]["lab_name"] = f"{session_lab_name()}-fleet"
     masters, slaves = lab_group["children"]["masters"], lab_group["children"]["slaves"]
     masters["hosts"] = {name: {"lab_address": f"{address}/24"} for name, address in MASTERS.items()}
-    masters["vars"] = {"expose_services": [SERVICE], "expose_demo_service": True}
+    masters["vars"] = {"expose_services": [SERVICE]}
     slaves["hosts"] = {name: {"lab_address": f"{address}/24"} for name, address in SLAVES.items()}
     # m2 publishes its service on another port: host_vars override the group's services.
     masters["hosts"]["m2"]["expose_services"] = [
@@ -64,17 +67,19 @@ def test_every_slave_reaches_every_master_and_the_fleet_converges(fleet):
     lab, ansible = fleet
     pristine = {host: lab.exec(host, ["iptables-save"]).stdout.count("\n-A ") for host in MASTERS}
 
-    first = ansible.run_playbook(EXPOSE)
-    assert not failures(first), failures(first)
+    for playbook in (EXPOSE, DEMO):
+        first = ansible.run_playbook(playbook)
+        assert not failures(first), failures(first)
     for slave in SLAVES:
         assert get(lab, slave, MASTERS["m1"], 8090) == REPLY
         assert get(lab, slave, MASTERS["m2"], 8091) == REPLY
         assert get(lab, slave, MASTERS["m2"], 8090) is None, "m2 publishes 8091, not the group's 8090"
 
-    second = ansible.run_playbook(EXPOSE)
-    assert not failures(second), failures(second)
-    assert not [task["task"]["name"] for play in second["plays"] for task in play["tasks"]
-                for result in task["hosts"].values() if result.get("changed")]
+    for playbook in (EXPOSE, DEMO):
+        second = ansible.run_playbook(playbook)
+        assert not failures(second), failures(second)
+        assert not [task["task"]["name"] for play in second["plays"] for task in play["tasks"]
+                    for result in task["hosts"].values() if result.get("changed")]
 
     verify = ansible.run_playbook(VERIFY)
     assert not failures(verify), failures(verify)
@@ -91,8 +96,9 @@ def test_every_slave_reaches_every_master_and_the_fleet_converges(fleet):
     messages = json.dumps(failures(broken))
     assert "master m2: tcp port 8091 (http-web) failed" in messages and "master m1" not in messages, messages
 
-    gone = ansible.run_playbook(EXPOSE, extra_vars={"expose_state": "absent"})
-    assert not failures(gone), failures(gone)
+    for playbook in (DEMO, EXPOSE):
+        gone = ansible.run_playbook(playbook, extra_vars={"expose_state": "absent"})
+        assert not failures(gone), failures(gone)
     for host in MASTERS:
         assert lab.exec(host, ["ip", "netns", "list"]).stdout == ""
         for variant in VARIANTS:

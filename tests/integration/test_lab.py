@@ -7,11 +7,13 @@ it use labs of their own (make_lab), never the session lab.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,10 @@ def nslab_cli(env, *args):
     return subprocess.run(["python3", nslab.__file__, *args], env=env, capture_output=True, text=True, check=False)
 
 
+def warnings(removed):
+    return [item for item in removed if item.startswith("warning")]
+
+
 # The lab
 
 
@@ -58,6 +64,21 @@ def test_cli_up_again_says_nothing_changed(lab, lab_inventory, ansible_env):
     done = nslab_cli(ansible_env, "up", "-i", str(lab_inventory))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"lab {lab.name}: already up, nothing changed"
+
+
+def test_cli_status_of_a_host_answers_with_its_exit_status(lab, lab_inventory, ansible_env, make_lab, tmp_path):
+    done = nslab_cli(ansible_env, "status", "-i", str(lab_inventory), MASTER)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].split()[::3] == [MASTER, "up"]
+    # A lab that is not up: 3, as `systemctl is-active` says of a unit that does not run.
+    down_lab = make_lab("st")
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"all": {"vars": {"lab_name": down_lab.name}, "hosts": {
+        name: {"lab_address": host.address} for name, host in down_lab.hosts.items()}}}), encoding="utf-8")
+    done = nslab_cli(ansible_env, "status", "-i", str(inventory), MASTER)
+    assert done.returncode == nslab.STATUS_DOWN == 3, done.stderr
+    assert done.stdout.splitlines()[1].split()[-1] == "down"
+    assert nslab_cli(ansible_env, "status", "-i", str(inventory), "nohost").returncode == 1
 
 
 def test_each_host_sees_only_its_own_interface_address_and_hostname(lab, host_exec):
@@ -267,18 +288,15 @@ def test_a_missing_namespace_is_reported_as_unreachable(run_playbook):
 # Taking labs down
 
 
-def lab_namespace_inodes(lab):
-    inodes = lab.namespace_inodes()
-    assert inodes, "the lab has no namespaces to check"
-    return inodes
-
-
-def assert_lab_gone(lab, inodes, machine_netns_before):
+def assert_lab_gone(lab, held, machine_netns_before):
+    """Nothing of the lab is left; held: its namespaces (Lab.holding), so that no other takes their inode numbers."""
+    assert held.keys, "the lab has no namespaces to check"
     assert not os.path.exists(lab.dir)
     assert lab_mounts(lab) == []
+    inodes = {inode for _device, inode in held.keys}
     in_lab = [pid for pid in os.listdir("/proc") if pid.isdigit() and nslab.process_namespaces(pid) & inodes]
     assert in_lab == [], f"processes left in the lab: {in_lab}"
-    assert nslab.processes_pinning(inodes) == [], "mount namespaces still hold lab namespaces"
+    assert nslab.processes_pinning(held.keys) == [], "mount namespaces still hold lab namespaces"
     assert machine_netns_list() == machine_netns_before
     assert lab.down() == [], "a second down found something left"
 
@@ -292,19 +310,19 @@ def test_down_removes_every_namespace_process_and_mount(make_lab):
     sleeper = subprocess.Popen(doomed.command(MASTER, ["ip", "netns", "exec", "ns1", "sleep", "1000"]))
     try:
         ns1 = int(ok(doomed.exec(MASTER, ["stat", "-L", "-c", "%i", "/run/netns/ns1"])))
-        # What the role's demo service keeps for this host in the /run that lab hosts share.
-        net = int(ok(doomed.exec(MASTER, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"])))
-        host_run_dir = Path(f"/run/netns-expose-demo/net-{net}")
-        host_run_dir.mkdir(parents=True)
-        (host_run_dir / "web.pid").write_text("1\n")
-        inodes = lab_namespace_inodes(doomed)
-        assert ns1 in inodes
-        assert sleeper.poll() is None
-        removed = doomed.down()
-        assert sleeper.wait(timeout=10) == -signal.SIGKILL
-        assert any(item.endswith(" processes") for item in removed) and {"lan", MASTER, SLAVE} <= set(removed)
-        assert_lab_gone(doomed, inodes, machine_before)
-        assert f"directory {host_run_dir}" in removed and not host_run_dir.exists()
+        # What the lab's demo services keep for the host (tests/lab/demo_runner.py): in its directory.
+        host_files = Path(doomed.hosts[MASTER].dir) / "demo"
+        host_files.mkdir()
+        (host_files / "web.json").write_text("{}\n")
+        with doomed.holding() as held:
+            assert ns1 in {inode for _device, inode in held.keys}
+            assert sleeper.poll() is None
+            removed = doomed.down()
+            assert sleeper.wait(timeout=10) == -signal.SIGKILL
+            assert any(item.endswith(" processes") for item in removed) and {"lan", MASTER, SLAVE} <= set(removed)
+            assert warnings(removed) == []
+            assert_lab_gone(doomed, held, machine_before)
+        assert not host_files.exists()
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
@@ -332,9 +350,9 @@ def test_down_after_a_half_built_lab_cleans_up_fully(make_lab, monkeypatch):
     machine_before = machine_netns_list()
     broken = make_lab("h")
     half_build(broken, monkeypatch)
-    inodes = lab_namespace_inodes(broken)
-    broken.down()
-    assert_lab_gone(broken, inodes, machine_before)
+    with broken.holding() as held:
+        broken.down()
+        assert_lab_gone(broken, held, machine_before)
 
 
 def test_up_completes_a_half_built_lab(make_lab, monkeypatch):
@@ -349,12 +367,12 @@ def test_up_completes_a_half_built_lab(make_lab, monkeypatch):
 def test_cli_down_by_lab_name_needs_no_inventory(make_lab, ansible_env):
     lab = make_lab("c")
     lab.up()
-    inodes = lab_namespace_inodes(lab)
     machine_before = machine_netns_list()
-    done = nslab_cli(ansible_env, "down", "--lab", lab.name)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"lab {lab.name}: removed ")
-    assert_lab_gone(lab, inodes, machine_before)
+    with lab.holding() as held:
+        done = nslab_cli(ansible_env, "down", "--lab", lab.name)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"lab {lab.name}: removed ") and "warning" not in done.stdout
+        assert_lab_gone(lab, held, machine_before)
 
 
 def test_a_lab_does_not_keep_another_labs_namespaces_alive(make_lab):
@@ -363,9 +381,58 @@ def test_a_lab_does_not_keep_another_labs_namespaces_alive(make_lab):
     second.up()  # its hosts' mount namespaces start as copies of the machine's, first's files included
     sleeper = subprocess.Popen(second.command(MASTER, ["sleep", "1000"]))
     try:
-        inodes = lab_namespace_inodes(first)
-        first.down()
-        assert nslab.processes_pinning(inodes) == []
+        with first.holding() as held:
+            assert warnings(first.down()) == []
+            assert nslab.processes_pinning(held.keys) == []
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_down_names_exactly_the_processes_that_pin_its_namespaces(make_lab, monkeypatch, tmp_path):
+    """Positive control: a namespace file of the lab bound outside the lab's directory keeps it alive.
+
+    The check runs while down still holds the lab's namespaces, so that none of their inode
+    numbers can have gone to a namespace of another lab (another lab is up meanwhile), and
+    it compares each mount's device and inode, not a text in the line.
+    """
+    pinned, other = make_lab("pin"), make_lab("oth")
+    pinned.up()
+    other.up()
+    pin = tmp_path / "pin"
+    pin.touch()
+    # In a mount namespace of its own, so that this machine's mounts stay as they are.
+    pinner = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",  # pylint: disable=consider-using-with
+                               'mount --bind "$1" "$2" && exec sleep 1000', "sh", pinned.hosts[MASTER].ns("net"), str(pin)])
+    held_during_check = []
+    check = nslab.processes_pinning
+
+    def recording(keys):
+        open_files = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the directory's own fd is gone
+                open_files.add(nslab.namespace_key(os.stat(f"/proc/self/fd/{fd}")))
+        held_during_check.append({inode for device, inode in keys if (device, inode) in open_files})
+        return check(keys)
+
+    try:
+        lab_files = set(nslab.bound_namespaces(nslab.mount_table(), pinned.dir).values())
+        assert eventually(lambda: str(pin) in Path(f"/proc/{pinner.pid}/mountinfo").read_text(encoding="utf-8"))
+        monkeypatch.setattr(nslab, "processes_pinning", recording)
+        removed = pinned.down()
+        assert warnings(removed) == [f"warning: the mount namespaces of processes [{pinner.pid}] still pin lab namespaces"]
+        assert held_during_check == [lab_files], "the lab's namespaces were not held while they were checked"
+    finally:
+        pinner.kill()
+        pinner.wait()
+        monkeypatch.undo()
+    assert warnings(pinned.down()) == []
+
+
+def eventually(probe, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

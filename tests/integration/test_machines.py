@@ -226,7 +226,7 @@ def test_teardown_after_a_killed_up_leaves_nothing_behind(make_machine_lab, ansi
     assert done.returncode == 0, done.stderr
     assert "machine master" in done.stdout and "machine slave" in done.stdout
     assert lab_traces(lab, names) == []
-    assert nslab.processes_pinning(lab.namespace_inodes()) == []
+    assert nslab.processes_pinning(lab.namespace_keys()) == []
 
 
 def test_teardown_of_a_running_lab_leaves_nothing_behind(make_machine_lab):

@@ -1,9 +1,13 @@
 """netns.expose.probe run on the lab slave against real services on the lab master.
 
-The services (the demo HTTP service, the UDP echo, a UDP service that never answers)
+The services (an HTTP service that answers the demo's JSON, the UDP echo, a UDP service that never answers)
 run in the master's own network namespace, on its LAN address. They are started from
 here with a known pid and killed by that pid: the lab hosts share this machine's pid
 namespace, so killing by name could reach other labs.
+
+The check types (http, tcp) are tried through mappings, as verify.yml uses them: an
+HTTP server, a plain TCP echo service and a TCP service that accepts and never answers,
+in a namespace of the master behind a veth pair, each published on a port of the master.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from master_host import DEMO_SERVICE, MASTER, sh
+from master_host import DEMO_REPLY, MASTER, scrub_netfilter, sh
 
 HERE = Path(__file__).resolve().parent
 UDP_ECHO = HERE / "udp_echo.py"
@@ -29,6 +33,24 @@ ECHO_PORT, SILENT_PORT, UNASKED_PORT = 18053, 18054, 18055
 DEMO_TEXT = "hello world!"
 # Takes datagrams and never answers.
 SILENT_UDP = f"import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('', {SILENT_PORT}))\ntime.sleep(3600)"
+# HTTP: GET / and /index.html answer the text given after the port, anything else 404; each request
+# is logged on stderr. Not http.server's command line: its server looks up the name of its address
+# (getfqdn) before it listens, which waits for DNS a lab namespace does not have.
+HTTP_SERVER = """import http.server, socketserver, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        found = self.path in ("/", "/index.html")
+        body = (sys.argv[2] if found else "not here").encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "lab", self.server_address[1]
+Server(("", int(sys.argv[1])), Handler).serve_forever()
+"""
 # Waits until the host has refused a TCP connection (its OutRsts counter grows), then execs argv:
 # a service that is surely not up for the module's first attempt, and is up for a later one.
 AFTER_FIRST_REFUSAL = """import os, sys, time
@@ -87,7 +109,7 @@ def http_log(lab, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("probe") / "http.log"
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(log_path.open("w", encoding="utf-8"))
-        stack.enter_context(master_process(lab, ["python3", str(DEMO_SERVICE), str(HTTP_PORT)], output=log))
+        stack.enter_context(master_process(lab, ["python3", "-c", HTTP_SERVER, str(HTTP_PORT), DEMO_REPLY], output=log))
         stack.enter_context(master_process(lab, ["python3", str(UDP_ECHO), "serve", str(ECHO_PORT)]))
         stack.enter_context(master_process(lab, ["python3", "-c", SILENT_UDP]))
         wait_until(lambda: listening(lab, "t", HTTP_PORT) and listening(lab, "u", ECHO_PORT)
@@ -185,7 +207,7 @@ def test_icmp_needs_no_ping_program(run_playbook, tmp_path):
 
 
 def test_retries_pick_up_a_service_that_starts_late(lab, run_module):
-    late = ["python3", str(DEMO_SERVICE), str(LATE_PORT)]
+    late = ["python3", "-c", HTTP_SERVER, str(LATE_PORT), DEMO_REPLY]
     read_end, write_end = os.pipe()
     with open(read_end, encoding="utf-8") as reader, open(write_end, "w", encoding="utf-8") as writer:
         with master_process(lab, ["python3", "-c", AFTER_FIRST_REFUSAL, *late], output=writer):
@@ -217,3 +239,136 @@ def test_an_invalid_check_is_refused_before_any_traffic(http_log, run_module):
     # The log does show a check that is sent.
     assert not run_module(SLAVE, MODULE, {"checks": [tcp()]})["failed"]
     wait_until(lambda: requests() == before + 1, "the request in the HTTP service's log", seconds=5)
+
+
+# Check types through mappings: a namespace of the master behind a veth pair, its services published.
+
+BEHIND = dict(netns="prb", ns_ifname="prb0", host_ifname="veth-prb", ns_address="10.244.9.2/24",
+              host_address="10.244.9.1/24")
+BEHIND_IP = "10.244.9.2"
+# host port on the master -> port in the namespace
+MAPPED_HTTP, MAPPED_ECHO, MAPPED_SILENT = (18190, 8080), (18191, 7007), (18192, 7008)
+PAGE = "hello through the mapping"
+# Answers every chunk a connection sends with b"echo:" + the chunk, many connections at once.
+TCP_ECHO = """import socket, sys, threading
+def serve(connection):
+    with connection:
+        while True:
+            data = connection.recv(2048)
+            if not data:
+                return
+            connection.sendall(b"echo:" + data)
+server = socket.create_server(("", int(sys.argv[1])))
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+"""
+# Accepts every connection, keeps it open and never sends a byte.
+TCP_SILENT = """import socket, sys
+server = socket.create_server(("", int(sys.argv[1])))
+held = []
+while True:
+    held.append(server.accept()[0])
+"""
+
+
+def behind(port, **fields):
+    """A check of the master's host port: the mapped service behind it answers."""
+    return tcp(port, **fields)
+
+
+def listening_behind(lab, port):
+    return bool(sh(lab, "ip", "netns", "exec", BEHIND["netns"], "ss", "-Hltn", f"sport = :{port}").strip())
+
+
+@pytest.fixture(scope="module")
+def mapped(lab, ansible):
+    """The three TCP services in the master's namespace prb, each published on a port of the master.
+
+    Before the mappings exist, the master refuses those ports: the checks reach the services only
+    through the mappings. Everything is removed afterwards, also when a step fails.
+    """
+    in_ns = ["ip", "netns", "exec", BEHIND["netns"]]
+    rules = [
+        dict(name=f"probe-{name}", protocol="tcp", port=host_port, to_address=BEHIND_IP, to_port=ns_port,
+             destination=MASTER_IP, in_interface="eth0")
+        for name, (host_port, ns_port) in (("http", MAPPED_HTTP), ("echo", MAPPED_ECHO), ("silent", MAPPED_SILENT))
+    ]
+    with contextlib.ExitStack() as stack:
+        stack.callback(scrub_netfilter, lab)
+        stack.callback(ansible.run_module, MASTER, "netns.expose.netns_veth", {**BEHIND, "state": "absent"})
+        stack.callback(ansible.run_module, MASTER, "netns.expose.dnat_rule",
+                       {"rules": [{"name": rule["name"]} for rule in rules], "state": "absent"})
+        scrub_netfilter(lab)
+        made = ansible.run_module(MASTER, "netns.expose.netns_veth", BEHIND)
+        assert not made["failed"], made
+        # ip netns exec execs the service (no fork): the pid is the service's.
+        stack.enter_context(master_process(lab, [*in_ns, "python3", "-c", HTTP_SERVER, str(MAPPED_HTTP[1]), PAGE]))
+        stack.enter_context(master_process(lab, [*in_ns, "python3", "-c", TCP_ECHO, str(MAPPED_ECHO[1])]))
+        stack.enter_context(master_process(lab, [*in_ns, "python3", "-c", TCP_SILENT, str(MAPPED_SILENT[1])]))
+        wait_until(lambda: all(listening_behind(lab, ns_port) for _host_port, ns_port in
+                               (MAPPED_HTTP, MAPPED_ECHO, MAPPED_SILENT)), "the services in prb")
+        # Control: without the mappings nothing answers on those ports of the master.
+        unmapped = ansible.run_module(SLAVE, MODULE, {"checks": [behind(MAPPED_HTTP[0]), behind(MAPPED_ECHO[0]),
+                                                                 behind(MAPPED_SILENT[0])],
+                                                      "timeout": 1, "fail_on_error": False})
+        assert [r["detail"] for r in unmapped["results"]] == ["connection refused"] * 3, unmapped
+        added = ansible.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})
+        assert not added["failed"], added
+        yield
+
+
+def test_http_check_through_a_mapping(mapped, run_module):
+    checks = [behind(MAPPED_HTTP[0], check="http", expect=PAGE),
+              behind(MAPPED_HTTP[0], check="http", path="/nothing", status=404),
+              behind(MAPPED_HTTP[0], path="/index.html", expect=PAGE)]  # protocol tcp without check: http
+    result = run_module(SLAVE, MODULE, {"checks": checks, "timeout": 2})
+    assert not result["failed"], result
+    page, missing, default = result["results"]
+    for check in (page, missing, default):
+        assert (check["protocol"], check["check"], check["port"]) == ("tcp", "http", MAPPED_HTTP[0]), check
+        assert isinstance(check["latency_ms"], float)
+    assert (page["ok"], page["detail"], page["status"], page["body"]) == (True, "HTTP 200", 200, PAGE)
+    assert (missing["ok"], missing["detail"], missing["status"]) == (True, "HTTP 404", 404)
+    assert (default["ok"], default["body"]) == (True, PAGE)
+
+
+def test_tcp_check_through_a_mapping_to_a_plain_tcp_echo_service(mapped, run_module):
+    port = MAPPED_ECHO[0]
+    checks = [behind(port, check="tcp"),
+              behind(port, check="tcp", probe="ping\n", expect="echo:ping"),
+              behind(port, check="tcp", probe="ping", expect="pong"),
+              behind(port)]  # without check: an HTTP GET, which a plain TCP service does not answer with HTTP
+    result = run_module(SLAVE, MODULE, {"checks": checks, "timeout": 2, "fail_on_error": False})
+    assert not result["failed"], result
+    assert result["failed_checks"] == 2
+    connect, exchange, wrong, http = result["results"]
+    assert [r["check"] for r in result["results"]] == ["tcp", "tcp", "tcp", "http"]
+    assert (connect["ok"], connect["detail"]) == (True, "connected")
+    assert isinstance(connect["latency_ms"], float)
+    assert (exchange["ok"], exchange["detail"], exchange["reply"]) == (True, "reply 'echo:ping\\n'", "echo:ping\n")
+    assert (wrong["ok"], wrong["detail"], wrong["reply"]) == (False, "'pong' not in reply 'echo:ping'", "echo:ping")
+    assert not http["ok"] and http["detail"].startswith("not an HTTP reply"), http
+
+
+def test_tcp_check_through_a_mapping_to_a_service_that_never_answers(mapped, run_module):
+    port = MAPPED_SILENT[0]
+    connect_only = behind(port, check="tcp")
+    result = run_module(SLAVE, MODULE, {"checks": [connect_only], "timeout": 1})
+    assert not result["failed"], result
+    [connected] = result["results"]
+    assert (connected["ok"], connected["check"], connected["detail"]) == (True, "tcp", "connected")
+
+    asking = [connect_only, behind(port, check="tcp", probe="hello", expect="hi"), behind(port, check="tcp", expect="SSH-")]
+    result = run_module(SLAVE, MODULE, {"checks": asking, "timeout": 1})
+    assert result["failed"]
+    assert result["msg"] == (f"2 of 3 checks failed: master tcp/{port} ({MASTER_IP}): no reply within 1 s; "
+                             f"master tcp/{port} ({MASTER_IP}): no reply within 1 s")
+    assert [(r["ok"], r["detail"], r["latency_ms"] is None) for r in result["results"]] == [
+        (True, "connected", False), (False, "no reply within 1 s", True), (False, "no reply within 1 s", True)]
+
+
+def test_a_check_type_that_contradicts_the_protocol_is_refused(mapped, run_module):
+    checks = [behind(MAPPED_ECHO[0], check="tcp"), behind(MAPPED_HTTP[0]), udp(MAPPED_HTTP[0], check="http")]
+    result = run_module(SLAVE, MODULE, {"checks": checks})
+    assert result["failed"] and "results" not in result
+    assert result["msg"] == "checks[2].check: http does not go with protocol udp (http checks are over tcp; udp takes udp)"

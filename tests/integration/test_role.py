@@ -3,7 +3,10 @@
 Each test starts from a pristine master (its netfilter scrubbed, FORWARD policy DROP
 as on a Docker host, no namespaces) and leaves it that way, also when it fails.
 The services are the lab inventory's (the recipe's http-web: tcp 8090 -> 9090,
-udp 8053 -> 53 and icmp, in ns1) unless a test says otherwise.
+udp 8053 -> 53 and icmp, in ns1, with demo: true) unless a test says otherwise. The
+role starts nothing: the lab's demo services playbook (tests/lab/demo_services.yml)
+runs the demo service of the services with demo: true, as playbooks/demo.yml does
+where systemd is PID 1.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from master_host import DEMO_REPLY, MASTER, VARIANTS, save, scrub_netfilter, sh
 REPO = Path(__file__).resolve().parents[2]
 EXPOSE = REPO / "playbooks" / "expose.yml"
 VERIFY = REPO / "playbooks" / "verify.yml"
+DEMO = REPO / "tests" / "lab" / "demo_services.yml"
 REPLY = json.loads(DEMO_REPLY)
 
 
@@ -40,7 +44,8 @@ def pristine(lab, run_playbook):
     sh(lab, "iptables", "-P", "FORWARD", "DROP")
     before = host_state(lab)
     yield before
-    run_playbook(EXPOSE, extra_vars={"expose_state": "absent", "expose_demo_service": True})
+    run_playbook(DEMO, extra_vars={"expose_state": "absent"})
+    run_playbook(EXPOSE, extra_vars={"expose_state": "absent"})
     sh(lab, "sh", "-c", "for ns in $(ip netns list | cut -d' ' -f1); do ip netns pids $ns | xargs -r kill; "
                         "ip netns del $ns; done", check=False)
     sh(lab, "ip", "link", "del", "veth1b", check=False)
@@ -81,6 +86,12 @@ def test_check_predicts_the_run_then_nothing_changes_and_absent_restores_the_hos
     assert changed_tasks(first) == predicted
     for name in ("Create the namespaces and veth pairs", "Publish the ports (one transaction for every mapping)"):
         assert dict(task_results(check))[name]["diff"] == dict(task_results(first))[name]["diff"], name
+    assert from_slave(lab) is None, "the role started a service"
+    demo_check = run_playbook(DEMO, check=True)
+    assert not failures(demo_check) and changed_tasks(demo_check) == ["Converge the demo services with the lab's runner"]
+    assert from_slave(lab) is None, "a check run started the demo service"
+    demo = run_playbook(DEMO)
+    assert not failures(demo) and changed_tasks(demo) == ["Converge the demo services with the lab's runner"]
     assert from_slave(lab) == REPLY
     # Hairpin: the service's own namespace reaches it through the master's published address too.
     hairpin = sh(lab, "ip", "netns", "exec", "ns1", "curl", "-s", "-m", "3", "http://10.211.55.122:8090/")
@@ -89,10 +100,13 @@ def test_check_predicts_the_run_then_nothing_changes_and_absent_restores_the_hos
     second = run_playbook(EXPOSE, diff=True)
     assert not failures(second), failures(second)
     assert changed_tasks(second) == []
+    assert changed_tasks(run_playbook(DEMO)) == []
 
     verify = run_playbook(VERIFY)
     assert not failures(verify), failures(verify)
 
+    demo_gone = run_playbook(DEMO, extra_vars={"expose_state": "absent"})
+    assert not failures(demo_gone) and changed_tasks(demo_gone) == ["Converge the demo services with the lab's runner"]
     gone = run_playbook(EXPOSE, extra_vars={"expose_state": "absent"})
     assert not failures(gone), failures(gone)
     assert host_state(lab) == pristine
@@ -113,7 +127,7 @@ def services(count):
 def test_the_number_of_module_calls_does_not_grow_with_the_services(lab, pristine, run_playbook):
     calls = {}
     for count in (1, 6):
-        run = run_playbook(EXPOSE, extra_vars={"expose_services": services(count), "expose_demo_service": False})
+        run = run_playbook(EXPOSE, extra_vars={"expose_services": services(count)})
         assert not failures(run), failures(run)
         assert len(sh(lab, "ip", "netns", "list").splitlines()) == count
         calls[count] = module_calls(run)
@@ -122,9 +136,9 @@ def test_the_number_of_module_calls_does_not_grow_with_the_services(lab, pristin
 
 
 def test_exclusive_removes_mappings_no_service_lists(lab, pristine, run_playbook):
-    run = run_playbook(EXPOSE, extra_vars={"expose_services": services(2), "expose_demo_service": False})
+    run = run_playbook(EXPOSE, extra_vars={"expose_services": services(2)})
     assert not failures(run), failures(run)
-    run = run_playbook(EXPOSE, extra_vars={"expose_services": services(1), "expose_demo_service": False})
+    run = run_playbook(EXPOSE, extra_vars={"expose_services": services(1)})
     assert not failures(run), failures(run)
     rules = "\n".join(save(lab, "nft") + save(lab, "legacy"))
     assert "svc0-tcp-9000" in rules and "svc1-" not in rules
@@ -132,10 +146,10 @@ def test_exclusive_removes_mappings_no_service_lists(lab, pristine, run_playbook
 
 @pytest.mark.parametrize("extra_vars, message", [
     ({"expose_services": services(2)[:1] + [{**services(2)[1], "ports": [{"protocol": "tcp", "host_port": 9000}]}]},
-     r"expose_services\[1\] \(svc1\)\.ports\[0\]: tcp host_port 9000 on 10\.211\.55\.122 is also published by "
+     r"expose_services\[1\] \(svc1\)\.ports\[0\]\.host_port: tcp port 9000 to 10\.211\.55\.122 is also mapped by "
      r"expose_services\[0\] \(svc0\)\.ports\[0\]"),
     ({"expose_services": services(2)[:1] + [{**services(2)[1], "netns": "ns0"}]},
-     r"expose_services\[1\] \(svc1\)\.netns: 'ns0' is also claimed by expose_services\[0\] \(svc0\)"),
+     r"expose_services\[1\] \(svc1\)\.netns: 'ns0' already holds the pair of expose_services\[0\] \(svc0\)"),
     ({"expose_services": [{**services(1)[0], "ns_address": "10.211.55.50/24", "host_address": "10.211.55.51/24"}]},
      r"expose_services\[0\] \(svc0\)\.ns_address: 10\.211\.55\.0/24 overlaps 10\.211\.55\.0/24 of the host's interface eth0"),
     ({"expose_state": "gone"}, r"expose_state.*gone"),
@@ -149,9 +163,11 @@ def test_bad_input_fails_before_anything_changes(lab, pristine, run_playbook, ex
 
 
 def test_verify_fails_naming_the_master_and_port(lab, pristine, run_playbook):
-    run = run_playbook(EXPOSE)
-    assert not failures(run), failures(run)
-    sh(lab, "sh", "-c", "ip netns pids ns1 | xargs -r kill")  # the services stop answering
+    for playbook in (EXPOSE, DEMO):
+        run = run_playbook(playbook)
+        assert not failures(run), failures(run)
+    assert from_slave(lab) == REPLY
+    sh(lab, "sh", "-c", "ip netns pids ns1 | xargs -r kill")  # the services stop answering (supervisor included)
     verify = run_playbook(VERIFY, extra_vars={"expose_verify_retries": 0, "expose_verify_timeout": 1})
     messages = " ".join(str(msg) for _name, msg in failures(verify))
     assert "master master:" in messages and "tcp port 8090 (http-web) failed" in messages, messages

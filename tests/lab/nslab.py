@@ -10,7 +10,7 @@ namespace of its own (<lab>/lan/net) that also holds the gateway address and
 routes nowhere else. Nothing is created in the machine's own network namespace.
 
     python3 tests/lab/nslab.py up     -i INVENTORY   build the lab (idempotent; completes a partial lab)
-    python3 tests/lab/nslab.py status -i INVENTORY
+    python3 tests/lab/nslab.py status -i INVENTORY [HOST]   with HOST: exit status 0 when it is up, 3 when not
     python3 tests/lab/nslab.py down   -i INVENTORY   remove every namespace, process and mount of the lab
     python3 tests/lab/nslab.py down   --lab NAME     the same, without an inventory
     python3 tests/lab/nslab.py reboot -i INVENTORY HOST   reboot a machine and wait until it is back
@@ -27,8 +27,11 @@ Inventory variables: lab_address (CIDR; makes a host a lab host), lab_ifname
 lab_name (default expose-lab) and lab_gateway (default: the first usable address
 of the first host's subnet).
 
+The lab's demo services (tests/lab/demo_runner.py) keep their files in the directory
+of their host, <lab>/<host>/demo: down removes them with the rest.
+
 From Python: Lab.from_inventory(path) or Lab(name, {host: (address, ifname[, machine])}),
-then .up(), .down(), .status(), .reboot(host), .hosts and .exec(host, argv).
+then .up(), .down(), .status(), .is_up(host), .reboot(host), .hosts and .exec(host, argv).
 """
 from __future__ import annotations
 
@@ -67,6 +70,7 @@ mount -t sysfs lab-sysfs /sys
 """
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IFNAMSIZ = 15
+STATUS_DOWN = 3  # exit status of `status HOST` when the host is not up (as `systemctl is-active`)
 
 
 class LabError(Exception):
@@ -86,12 +90,31 @@ class Mount:
     point: str
     root: str
     fstype: str
+    device: str = ""  # major:minor of the mounted filesystem
 
     @property
     def namespace_inode(self):
         """The namespace a namespace file mount pins (root 'net:[4026532177]'), or None."""
         match = re.fullmatch(r"\w+:\[(\d+)\]", self.root) if self.fstype == "nsfs" else None
         return int(match.group(1)) if match else None
+
+    @property
+    def namespace_key(self):
+        """(device, inode) of the namespace a namespace file mount pins, or None: what identifies a namespace."""
+        inode = self.namespace_inode
+        return None if inode is None else (self.device, inode)
+
+
+@dataclass(frozen=True)
+class Held:
+    """The namespaces Lab.holding keeps alive: their (device, inode) keys, and the namespace files it holds open."""
+    keys: frozenset
+    paths: frozenset
+
+
+def namespace_key(stat):
+    """(device, inode) of an open namespace file (its os.stat), as Mount.namespace_key gives it."""
+    return (f"{os.major(stat.st_dev)}:{os.minor(stat.st_dev)}", stat.st_ino)
 
 
 def _unescape(field):
@@ -105,12 +128,18 @@ def mount_table(mount_namespace=None):
             text = mountinfo.read()
     else:
         text = run(["nsenter", f"--mount={mount_namespace}", "--", "cat", "/proc/self/mountinfo"]).stdout
+    return parse_mountinfo(text)
+
+
+def parse_mountinfo(text):
+    """The Mounts of a /proc/PID/mountinfo."""
     mounts = []
     for line in text.splitlines():
         fields = line.split()
         # Optional fields end with '-', then come the filesystem type and source.
         separator = fields.index("-", 6)
-        mounts.append(Mount(point=_unescape(fields[4]), root=_unescape(fields[3]), fstype=fields[separator + 1]))
+        mounts.append(Mount(point=_unescape(fields[4]), root=_unescape(fields[3]), fstype=fields[separator + 1],
+                            device=fields[2]))
     return mounts
 
 
@@ -409,30 +438,51 @@ class Lab:
     def down(self):
         """Remove everything of the lab, whatever state it is in; return a list of what was removed."""
         removed = self._remove_machines()
-        inodes = self.namespace_inodes()
-        killed = self._kill_processes(inodes)
-        if killed:
-            removed.append(f"{killed} processes")
-        mounts = mount_table()
-        removed += sorted({os.path.relpath(os.path.dirname(p), self.dir) for p in bound_namespaces(mounts, self.dir)})
-        self._unmount([m.point for m in mounts if is_under(m.point, self.dir)])
-        if os.path.isdir(self.dir):
-            # Removing the files also detaches the copies of their mounts that other mount
-            # namespaces made while the lab was up (other labs' hosts, `unshare -m`...),
-            # which would keep the lab's namespaces alive.
-            shutil.rmtree(self.dir)
-            removed.append(f"directory {self.dir}")
-        try:
-            os.rmdir(LAB_ROOT)  # only when no other lab is left
-        except OSError:
-            pass
-        removed += _remove_host_run_dirs(inodes)
-        pinning = processes_pinning(inodes)
+        # Held open until the end: a namespace that is freed meanwhile could give its inode
+        # number to another lab's, and the checks below would see that one as the lab's.
+        with self.holding() as held:
+            killed = self._kill_processes({inode for _device, inode in held.keys})
+            if killed:
+                removed.append(f"{killed} processes")
+            mounts = mount_table()
+            removed += sorted({os.path.relpath(os.path.dirname(p), self.dir) for p in bound_namespaces(mounts, self.dir)})
+            # The files held open are busy: detached, their mounts go when they are closed.
+            self._unmount([m.point for m in mounts if is_under(m.point, self.dir)], detach=held.paths)
+            if os.path.isdir(self.dir):
+                # Removing the files also detaches the copies of their mounts that other mount
+                # namespaces made while the lab was up (other labs' hosts, `unshare -m`...),
+                # which would keep the lab's namespaces alive. The demo services' files go too.
+                shutil.rmtree(self.dir)
+                removed.append(f"directory {self.dir}")
+            try:
+                os.rmdir(LAB_ROOT)  # only when no other lab is left
+            except OSError:
+                pass
+            pinning = processes_pinning(held.keys)
         if pinning:
             # Left alone: a namespace file bound elsewhere (not under the lab's directory)
             # keeps its namespace alive until it is unmounted there.
             removed.append(f"warning: the mount namespaces of processes {pinning} still pin lab namespaces")
         return removed
+
+    @contextlib.contextmanager
+    def holding(self):
+        """Keep the lab's namespaces alive while the block runs; yield a Held (their keys, the files held open).
+
+        The namespace files bound under the lab's directory are opened (an open namespace is
+        not freed, and its inode number not reused); the namespaces bound in the hosts'
+        private /run/netns live as long as their host's mount namespace, one of those.
+        """
+        fds = {}
+        try:
+            for path in bound_namespaces(mount_table(), self.dir):
+                with contextlib.suppress(OSError):
+                    fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            keys = {namespace_key(os.fstat(fd)) for fd in fds.values()} | self.namespace_keys(hosts_only=True)
+            yield Held(keys=frozenset(keys), paths=frozenset(fds))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     def _remove_machines(self):
         """Stop every machine of the lab (also those no inventory names any more) and remove their disks."""
@@ -451,20 +501,30 @@ class Lab:
         return removed
 
     @staticmethod
-    def _unmount(points):
-        """Unmount mount points, deepest first, including mounts stacked on the same point."""
+    def _unmount(points, detach=()):
+        """Unmount mount points, deepest first, including mounts stacked on the same point; detach those in detach."""
         for point in sorted(points, key=len, reverse=True):
             while point in {m.point for m in mount_table()}:
-                run(["umount", point])
+                run(["umount", *(["--lazy"] if point in detach else []), point])
+
+    def namespace_keys(self, hosts_only=False):
+        """(device, inode) of the lab's namespaces, and of those under /run/netns in its hosts' mount namespaces (ns1...).
+
+        hosts_only: only the latter.
+        """
+        keys = set()
+        for mount in mount_table():
+            if mount.namespace_key and is_under(mount.point, self.dir):
+                if not hosts_only:
+                    keys.add(mount.namespace_key)
+                if os.path.basename(mount.point) == "mnt":
+                    keys |= {m.namespace_key for m in mount_table(mount.point)
+                             if m.namespace_key and is_under(m.point, NETNS_RUN_DIR)}
+        return keys
 
     def namespace_inodes(self):
-        """The lab's namespaces, and those under /run/netns in its hosts' mount namespaces (ns1...)."""
-        lab_files = bound_namespaces(mount_table(), self.dir)
-        inodes = set(lab_files.values())
-        for path in lab_files:
-            if os.path.basename(path) == "mnt":
-                inodes.update(bound_namespaces(mount_table(path), NETNS_RUN_DIR).values())
-        return inodes
+        """The inodes of namespace_keys()."""
+        return {inode for _device, inode in self.namespace_keys()}
 
     def _kill_processes(self, inodes):
         """SIGKILL every process in one of the namespaces (inodes) until none is left; return how many."""
@@ -487,15 +547,21 @@ class Lab:
 
     # Using
 
-    def status(self):
-        """A few lines that say what of the lab is up."""
+    def status(self, hosts=None):
+        """A few lines that say what of the lab is up (of the hosts given, or of all)."""
         lines = [f"lab {self.name} ({self.dir}): LAN {self.gateway} {'up' if self._lan_is_up() else 'down'}"]
         for host in self.hosts.values():
+            if hosts is not None and host.name not in hosts:
+                continue
             state = "up" if self._host_is_up(host) else "down"
             if host.machine:
                 state = f"machine, boot {self.machine(host.name).boots()}, {state}"
             lines.append(f"  {host.name:<16} {host.address:<20} {host.ifname:<8} {state}")
         return "\n".join(lines)
+
+    def is_up(self, host):
+        """Whether the LAN and the host are up."""
+        return self._lan_is_up() and self._host_is_up(self.hosts[host])
 
     def command(self, host, argv):
         """argv prefixed so that it runs in a lab host (in its namespaces, or over SSH on a machine)."""
@@ -545,43 +611,30 @@ def _has_address(link, cidr):
     return "UP" in link.get("flags", []) and wanted in addresses
 
 
-def processes_pinning(inodes):
-    """Processes (one per mount namespace) whose mount namespace has a file of one of the namespaces mounted."""
-    markers = [f":[{inode}]" for inode in inodes]  # the root field of a namespace file mount: net:[4026532177]
-    seen, pinning = set(), []
+def processes_pinning(keys):
+    """Processes (one per mount namespace) whose mount namespace has a file of one of the namespaces mounted.
+
+    keys: (device, inode) of the namespaces (Lab.namespace_keys). Exact while the namespaces
+    are held (Lab.holding): the inode number of a freed namespace may go to a new one.
+    """
+    keys, seen, pinning = set(keys), set(), []
     for pid in _pids():
         mount_namespace = process_namespaces(pid, ["mnt"])
-        if not markers or not mount_namespace or mount_namespace & seen:
+        if not keys or not mount_namespace or mount_namespace & seen:
             continue
         seen |= mount_namespace
         try:
-            with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as mountinfo:
-                if any(marker in line for line in mountinfo for marker in markers):
-                    pinning.append(pid)
+            mounts = parse_mountinfo(_read_mountinfo(pid))
         except OSError:
             continue  # gone meanwhile
+        if any(mount.namespace_key in keys for mount in mounts):
+            pinning.append(pid)
     return pinning
 
 
-# What lab hosts leave in the /run they share with the machine: the expose role's
-# demo service keeps its pidfiles in a directory named by the host's netns inode.
-HOST_RUN_DIRS = ("/run/netns-expose-demo/net-{inode}",)
-
-
-def _remove_host_run_dirs(inodes):
-    """Remove the per-host directories of the lab's namespaces (their processes are gone)."""
-    removed = []
-    for pattern in HOST_RUN_DIRS:
-        for inode in sorted(inodes):
-            path = pattern.format(inode=inode)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-                removed.append(f"directory {path}")
-        try:
-            os.rmdir(os.path.dirname(pattern))  # only when no other host is left in it
-        except OSError:
-            pass
-    return removed
+def _read_mountinfo(pid):
+    with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as mountinfo:
+        return mountinfo.read()
 
 
 def _pids():
@@ -600,15 +653,17 @@ def main(argv=None):
         return _supervise(argv[1], argv[3])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "status", "reboot", "shell"])
-    parser.add_argument("host", nargs="?", help="the machine to reboot or to open a shell on")
+    parser.add_argument("host", nargs="?", help="the machine to reboot or to open a shell on; for status, a host to ask about")
     parser.add_argument("command", nargs="*", help="for shell, after --: a command to run instead of a shell")
     parser.add_argument("-i", "--inventory", help="an Ansible inventory with lab hosts")
     parser.add_argument("--lab", help="a lab name (for down, without an inventory)")
     args = parser.parse_intermixed_args(argv)
     if os.geteuid() != 0:
         parser.error("must run as root (it makes namespaces and mounts)")
-    if (args.action in ("reboot", "shell")) != (args.host is not None):
-        parser.error(f"{args.action} takes a host" if args.host is None else f"{args.action} takes no host")
+    if args.action in ("reboot", "shell") and args.host is None:
+        parser.error(f"{args.action} takes a host")
+    if args.action in ("up", "down") and args.host is not None:
+        parser.error(f"{args.action} takes no host")
     try:
         if args.inventory:
             lab = Lab.from_inventory(args.inventory)
@@ -633,6 +688,10 @@ def main(argv=None):
             if not args.command:
                 ssh.insert(1, "-t")  # a terminal for the login shell
             os.execvp(ssh[0], ssh)
+        elif args.host is not None:
+            # The answer is the exit status (scripts need not parse the output): 0 up, 3 down.
+            print(lab.status([args.host]))
+            return 0 if lab.is_up(args.host) else STATUS_DOWN
         else:
             print(lab.status())
     except (LabError, machines.MachineError) as exc:

@@ -7,6 +7,7 @@ from ansible_collections.netns.expose.plugins.module_utils._iptables import (
     IptablesBackend,
     IptablesError,
     OwnedRules,
+    chain_changes,
     owned_rules,
     parse_save,
     restore_script,
@@ -159,3 +160,40 @@ def test_a_missing_save_or_restore_names_the_package(variant, binaries, missing)
     with pytest.raises(IptablesError) as error:
         IptablesBackend(module, variant)
     assert str(error.value) == f"iptables: {missing} was not found on the host; {IPTABLES_HINT}"
+
+
+def test_owned_chains_may_be_told_by_name():
+    dump = parse_save(SAVE.replace(":NETNS-EXPOSE - [0:0]", ":NETNS-EXPOSE - [0:0]\n:NETNS-EXPOSE-tcp-8064 - [0:0]")
+                      .replace("COMMIT\n", "-A NETNS-EXPOSE -p tcp -m comment --comment \"netns.expose\" -j NETNS-EXPOSE-tcp-8064\nCOMMIT\n"))
+    owned = owned_rules(dump, {"nat": lambda chain: chain.startswith("NETNS-EXPOSE"), "filter": ("NETNS-EXPOSE-FWD",)})
+    assert list(owned.chains["nat"]) == ["NETNS-EXPOSE", "NETNS-EXPOSE-tcp-8064"]
+    # A jump from one owned chain to another is a rule of the chain, not a jump from a built-in chain.
+    assert owned.jumps["nat"] == {"PREROUTING": '-A PREROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE'}
+
+
+MARK = '-A C -p tcp -m tcp --dport 80 -m comment --comment "netns.expose:a" -j CONNMARK --set-xmark 0x1/0x1'
+DNAT = '-A C -p tcp -m tcp --dport 80 -m comment --comment "netns.expose:a" -j DNAT --to-destination 10.0.0.1:80'
+OTHER = '-A C -p tcp -m tcp --dport 81 -m comment --comment "netns.expose:b" -j DNAT --to-destination 10.0.0.1:81'
+SHARED = ['-A C -p tcp -m tcp --dport 0:63 -m comment --comment "netns.expose" -j C-0',
+          '-A C -p tcp -m tcp --dport 64:127 -m comment --comment "netns.expose" -j C-64']
+
+
+@pytest.mark.parametrize("have, want, delete, append", [
+    ([MARK, DNAT, OTHER], [MARK, DNAT, OTHER], [], []),
+    ([DNAT, OTHER], [MARK, DNAT, OTHER], [DNAT], [MARK, DNAT]),  # the mark must come first: both again
+    ([MARK, OTHER], [MARK, DNAT, OTHER], [], [DNAT]),  # after the mark anyway: only what is missing
+    ([DNAT, MARK, OTHER], [MARK, DNAT, OTHER], [DNAT, MARK], [MARK, DNAT]),
+    ([MARK, DNAT, DNAT], [MARK, DNAT], [DNAT], []),
+    (["-A C -j ACCEPT", OTHER], [OTHER], ["-A C -j ACCEPT"], []),
+    # Shared rules do not depend on each other's order: only what is missing.
+    (SHARED[1:], SHARED, [], SHARED[:1]),
+])
+def test_the_rules_of_a_mapping_keep_their_order_and_others_are_not_touched(have, want, delete, append):
+    assert chain_changes(have, want) == (delete, append)
+
+
+def test_chains_that_go_are_all_emptied_before_any_is_deleted():
+    current = OwnedRules(chains={"nat": {"A": ["-A A -j B"], "B": ["-A B -j RETURN"]}}, jumps={"nat": {}})
+    script, counts = restore_script(current, OwnedRules(chains={"nat": {}}, jumps={"nat": {}}))
+    assert script == "*nat\n-F A\n-F B\n-X A\n-X B\nCOMMIT\n"
+    assert counts == {"nat": (0, 2)}

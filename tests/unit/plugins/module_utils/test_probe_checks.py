@@ -1,11 +1,13 @@
 """The probe module's logic: validation, attempts against loopback servers, ICMP packets, retries, results."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.server
 import socket
 import struct
 import threading
+import time
 from unittest import mock
 
 import pytest
@@ -60,6 +62,45 @@ def test_valid_checks_get_their_defaults():
     ]
 
 
+@pytest.mark.parametrize(
+    "protocol, check", [("tcp", "http"), ("udp", "udp"), ("icmp", "icmp")],
+)
+def test_without_check_the_protocol_gives_the_check_type(protocol, check):
+    entry = {"tcp": tcp(), "udp": udp(), "icmp": icmp()}[protocol]
+    [parsed] = parse_checks([entry, {**entry, "check": None}], 3.0, 0)[:1]
+    assert (parsed.protocol, parsed.check) == (protocol, check)
+    assert parse_checks([{**entry, "check": None}], 3.0, 0) == [parsed]
+    assert parse_checks([{**entry, "check": check}], 3.0, 0) == [parsed]
+
+
+def test_the_check_type_alone_gives_the_protocol():
+    entries = [tcp(protocol=None, check="http"), tcp(protocol=None, check="tcp"), udp(protocol=None, check="udp"),
+               icmp(protocol=None, check="icmp")]
+    assert [(c.protocol, c.check) for c in parse_checks(entries, 3.0, 0)] == [
+        ("tcp", "http"), ("tcp", "tcp"), ("udp", "udp"), ("icmp", "icmp")]
+
+
+def test_tcp_checks_take_a_probe_an_expect_or_neither():
+    connect, banner, exchange, any_reply = parse_checks([
+        tcp(check="tcp"), tcp(check="tcp", expect="SSH-"), tcp(check="tcp", probe="ping\n", expect="pong"),
+        tcp(check="tcp", probe="hello"),
+    ], 3.0, 0)
+    assert connect == Check("master", "10.211.55.122", "tcp", 8090, check="tcp")
+    assert (banner.probe, banner.expect) == (None, "SSH-")
+    assert (exchange.probe, exchange.expect) == ("ping\n", "pong")
+    assert (any_reply.probe, any_reply.expect) == ("hello", None)
+    assert not any(check.skipped for check in (connect, banner, exchange, any_reply))
+
+
+def test_the_keys_the_role_passes_may_be_null():
+    """The role's targets carry every key, null where a port does not set it."""
+    keys = dict(check=None, path=None, status=None, expect=None, probe=None)
+    web, echo, ping = parse_checks([tcp(**keys), udp(**keys), icmp(**{**keys, "port": None})], 3.0, 0)
+    assert (web.check, web.path, web.status) == ("http", "/", 200)
+    assert (echo.check, echo.skipped) == ("udp", True)
+    assert (ping.check, ping.port) == ("icmp", None)
+
+
 def test_values_as_templating_may_deliver_them_are_taken():
     # Ports and statuses from inventory strings, numeric labels and expectations from YAML.
     [check] = parse_checks([tcp(target=2024, port="8090", status="204", expect=42, path=None)], 3.0, 0)
@@ -83,11 +124,26 @@ def test_no_checks_is_nothing_to_do():
         ([tcp(port=65536)], "checks[0].port: 65536 is outside 1..65535"),
         ([tcp(port="http")], "checks[0].port: must be an integer, got 'http'"),
         ([tcp(port=True)], "checks[0].port: must be an integer, got True"),
-        ([icmp(port=7)], "checks[0].port: icmp checks take no port (only tcp and udp do)"),
-        ([udp(path="/x")], "checks[0].path: udp checks take no path (only tcp do)"),
-        ([icmp(status=200)], "checks[0].status: icmp checks take no status (only tcp do)"),
-        ([icmp(expect="x")], "checks[0].expect: icmp checks take no expect (only tcp and udp do)"),
-        ([tcp(probe="x")], "checks[0].probe: tcp checks take no probe (only udp do)"),
+        ([icmp(port=7)], "checks[0].port: icmp checks take no port (only http, tcp and udp do)"),
+        ([udp(path="/x")], "checks[0].path: udp checks take no path (only http do)"),
+        ([icmp(status=200)], "checks[0].status: icmp checks take no status (only http do)"),
+        ([icmp(expect="x")], "checks[0].expect: icmp checks take no expect (only http, tcp and udp do)"),
+        ([tcp(probe="x")], "checks[0].probe: http checks take no probe (only tcp and udp do); protocol tcp without "
+                           "check is an http check: set check: tcp for a plain TCP exchange"),
+        ([tcp(check="http", probe="x")], "checks[0].probe: http checks take no probe (only tcp and udp do)"),
+        ([tcp(check="tcp", path="/")], "checks[0].path: tcp checks take no path (only http do)"),
+        ([tcp(check="tcp", status=200)], "checks[0].status: tcp checks take no status (only http do)"),
+        ([tcp(check="tcp", probe="")], "checks[0].probe: must not be empty"),
+        ([tcp(), tcp(), udp(check="http")],
+         "checks[2].check: http does not go with protocol udp (http checks are over tcp; udp takes udp)"),
+        ([udp(check="tcp")], "checks[0].check: tcp does not go with protocol udp (tcp checks are over tcp; udp takes udp)"),
+        ([tcp(check="udp")], "checks[0].check: udp does not go with protocol tcp (udp checks are over udp; "
+                             "tcp takes http and tcp)"),
+        ([icmp(check="http")], "checks[0].check: http does not go with protocol icmp"),
+        ([tcp(check="ssh")], "checks[0].check: 'ssh' is not one of http, tcp, udp, icmp"),
+        ([tcp(check=["tcp"])], "checks[0].check: must be a string, got list"),
+        ([tcp(protocol=None, check=None)], "checks[0].protocol: is required (or check, which implies it)"),
+        ([tcp(protocol=None, check="tcp", port=None)], "checks[0].port: is required for tcp"),
         ([udp(expect="pong")], "checks[0].probe: is required with expect"),
         ([tcp(address="10.211.55.122/24")], "checks[0].address: '10.211.55.122/24' is a CIDR"),
         ([tcp(address="master.lab")], "checks[0].address: 'master.lab' is not an IPv4 address"),
@@ -254,8 +310,8 @@ def test_icmp_uses_a_ping_socket_when_it_may():
     assert sockets.made[0].closed
     latency = result.pop("latency_ms")
     assert isinstance(latency, float) and 0 <= latency < 3000
-    assert result == dict(target="master", address=MASTER_IP, protocol="icmp", port=None, ok=True, skipped=False,
-                          attempts=1, detail="echo reply")
+    assert result == dict(target="master", address=MASTER_IP, protocol="icmp", check="icmp", port=None, ok=True,
+                          skipped=False, attempts=1, detail="echo reply")
 
 
 def test_icmp_falls_back_to_a_raw_socket_when_the_ping_socket_is_refused():
@@ -402,8 +458,8 @@ def test_tcp_ok_records_status_body_and_latency(http_port):
     [result] = probe(tcp(address=LOOPBACK, port=http_port, expect="hello"))
     latency = result.pop("latency_ms")
     assert isinstance(latency, float) and 0 <= latency < 2000
-    assert result == dict(target="master", address=LOOPBACK, protocol="tcp", port=http_port, ok=True, skipped=False,
-                          attempts=1, detail="HTTP 200", status=200, body="hello from loopback")
+    assert result == dict(target="master", address=LOOPBACK, protocol="tcp", check="http", port=http_port, ok=True,
+                          skipped=False, attempts=1, detail="HTTP 200", status=200, body="hello from loopback")
 
 
 def test_tcp_wrong_answers_fail_with_the_answer(http_port):
@@ -435,6 +491,124 @@ def test_tcp_silent_service_times_out():
         silent.listen()
         [result] = probe(tcp(address=LOOPBACK, port=silent.getsockname()[1]), timeout=0.3)
     assert (result["ok"], result["detail"], result["latency_ms"]) == (False, "timed out after 0.3 s", None)
+
+
+# tcp checks (no HTTP) against loopback servers
+
+
+@contextlib.contextmanager
+def tcp_server(handle):
+    """A loopback TCP server that runs handle(connection) in a thread for each connection; yields its port."""
+    server = socket.socket()
+    server.bind((LOOPBACK, 0))
+    server.listen()
+
+    def run(connection):
+        with connection:
+            handle(connection)
+
+    def serve():
+        while True:
+            try:
+                connection, _peer = server.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=run, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+
+
+def echo_lines(connection):
+    while True:
+        data = connection.recv(2048)
+        if not data:
+            return
+        connection.sendall(b"echo:" + data)
+
+
+def silent_until_closed(connection):
+    """Accepts, reads, never answers."""
+    connection.settimeout(5)
+    try:
+        while connection.recv(2048):
+            pass
+    except OSError:
+        pass
+
+
+def test_tcp_echo_service_passes_every_kind_of_tcp_check_and_fails_http():
+    with tcp_server(echo_lines) as port:
+        connect, exchange, any_reply, wrong, web = probe(
+            tcp(address=LOOPBACK, port=port, check="tcp"),
+            tcp(address=LOOPBACK, port=port, check="tcp", probe="ping\n", expect="echo:ping"),
+            tcp(address=LOOPBACK, port=port, check="tcp", probe="hello"),
+            tcp(address=LOOPBACK, port=port, check="tcp", probe="ping", expect="pong"),
+            tcp(address=LOOPBACK, port=port), timeout=0.5)
+    assert (connect["ok"], connect["check"], connect["protocol"], connect["detail"]) == (True, "tcp", "tcp", "connected")
+    assert isinstance(connect["latency_ms"], float) and "reply" not in connect
+    assert (exchange["ok"], exchange["detail"], exchange["reply"]) == (True, "reply 'echo:ping\\n'", "echo:ping\n")
+    assert isinstance(exchange["latency_ms"], float)
+    assert (any_reply["ok"], any_reply["reply"]) == (True, "echo:hello")
+    assert (wrong["ok"], wrong["detail"], wrong["reply"]) == (False, "'pong' not in reply 'echo:ping'", "echo:ping")
+    assert (web["ok"], web["check"]) == (False, "http")
+    assert web["detail"].startswith("not an HTTP reply"), web
+
+
+def test_tcp_banner_is_read_without_a_probe():
+    def banner(connection):
+        connection.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        silent_until_closed(connection)
+
+    with tcp_server(banner) as port:
+        ssh, other = probe(tcp(address=LOOPBACK, port=port, check="tcp", expect="SSH-2.0"),
+                           tcp(address=LOOPBACK, port=port, check="tcp", expect="220 "), timeout=0.3)
+    assert (ssh["ok"], ssh["reply"]) == (True, "SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+    # It said something, just not that: the reply is the reason, not a timeout.
+    assert (other["ok"], other["detail"]) == (False, "'220 ' not in reply 'SSH-2.0-OpenSSH_9.2p1 Debian-2\\r\\n'")
+
+
+def test_tcp_expect_is_found_across_reads():
+    def slowly(connection):
+        connection.recv(2048)
+        for part in (b"hel", b"lo wo", b"rld"):
+            connection.sendall(part)
+            time.sleep(0.05)
+        silent_until_closed(connection)
+
+    with tcp_server(slowly) as port:
+        [result] = probe(tcp(address=LOOPBACK, port=port, check="tcp", probe="?", expect="world"), timeout=2)
+    assert (result["ok"], result["reply"]) == (True, "hello world")
+
+
+def test_tcp_silent_service_passes_connect_only_and_fails_with_expect():
+    with tcp_server(silent_until_closed) as port:
+        connect, asked, banner = probe(
+            tcp(address=LOOPBACK, port=port, check="tcp"),
+            tcp(address=LOOPBACK, port=port, check="tcp", probe="ping", expect="pong"),
+            tcp(address=LOOPBACK, port=port, check="tcp", expect="SSH-"), timeout=0.3)
+    assert (connect["ok"], connect["detail"]) == (True, "connected")
+    for result in (asked, banner):
+        assert (result["ok"], result["detail"], result["latency_ms"]) == (False, "no reply within 0.3 s", None)
+        assert "reply" not in result
+
+
+def test_tcp_service_that_closes_without_a_word_fails():
+    with tcp_server(lambda connection: connection.recv(2048)) as port:  # reads the probe, so it closes with a FIN
+        [result] = probe(tcp(address=LOOPBACK, port=port, check="tcp", probe="ping", expect="pong"), timeout=1)
+    assert (result["ok"], result["detail"], result["latency_ms"]) == (False, "connection closed without a reply", None)
+
+
+def test_tcp_check_to_a_closed_port_is_refused():
+    port = free_port(socket.SOCK_STREAM)
+    connect, asked = probe(tcp(address=LOOPBACK, port=port, check="tcp"),
+                           tcp(address=LOOPBACK, port=port, check="tcp", probe="x", expect="y"))
+    for result in (connect, asked):
+        assert (result["ok"], result["detail"], result["latency_ms"]) == (False, "connection refused", None)
 
 
 def test_udp_reply_is_checked_and_recorded(udp_echo_port):

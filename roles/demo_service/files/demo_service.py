@@ -1,44 +1,29 @@
 """The recipe's demo service: any HTTP GET, and any UDP datagram, is answered with the same small JSON document.
 
-Usage: demo_service.py [--tcp PORT]... [--udp PORT]... [--supervise]
+Usage: demo_service.py [--tcp PORT]... [--udp PORT]...
        demo_service.py PORT      (the recipe's form: HTTP on one port)
 
 With no port at all it serves HTTP on 9090. Every socket listens on every address
 of the process's network namespace, and every port is served by one process.
 
---supervise runs the service as a child process and starts it again whenever it
-exits (after 1 s, longer while it keeps failing at once); SIGTERM or SIGINT stop
-the child and then the supervisor. The child also gets SIGTERM when the supervisor
-dies, so no service is left behind holding the ports.
+It binds every port before it serves any (a port in use fails the whole service at
+once), then says so to its service manager when there is one: READY=1 on the socket
+named by NOTIFY_SOCKET, the protocol of sd_notify(3). A systemd unit of Type=notify
+(the netns.expose.demo_service role's) is started when its ports listen.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import signal
+import socket
 import socketserver
-import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 REPLY = json.dumps({"Age": 12, "Msg": "hello world! this is DNAT+bridge+Veth pair Test!"}, separators=(",", ":")).encode()
 DEFAULT_TCP_PORT = 9090
-RESTART_DELAY = 1.0  # seconds before a child that exited is started again
-RESTART_DELAY_MAX = 30.0  # the delay doubles up to this while the child keeps failing
-STABLE_AFTER = 10.0  # a child that ran this long resets the delay
-STOP_TIMEOUT = 5.0  # seconds the child gets to exit on SIGTERM before SIGKILL
-# The supervisor's process name (at most 15 bytes): start-stop-daemon matches it with
-# --name, so that a stale pidfile never names another python3 process.
-SUPERVISOR_NAME = b"expose-demo-sup"
-PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1  # from <linux/prctl.h>
-
-
-def prctl(option, value):
-    ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
 def log(message):
@@ -73,57 +58,33 @@ class DatagramHandler(socketserver.BaseRequestHandler):
         log("%s - udp %d bytes to port %d" % (self.client_address[0], len(data), self.server.server_address[1]))
 
 
+def notify_ready(environ=None):
+    """Send READY=1 to the service manager's socket (NOTIFY_SOCKET; '@' is the abstract namespace); whether it was sent."""
+    address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
+    if len(address) < 2 or address[0] not in "/@":
+        return False
+    if address[0] == "@":
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(b"READY=1", address)
+    except OSError as exc:  # nobody listens any more: the service runs all the same
+        log("could not notify %s: %s" % (address.replace("\0", "@"), exc))
+        return False
+    return True
+
+
 def serve(tcp_ports, udp_ports):
-    """Bind every port first (a port in use fails the whole service at once), then serve them all."""
+    """Bind every port first, tell the service manager, then serve them all."""
     servers = [Server(("0.0.0.0", port), Handler) for port in tcp_ports]
     servers += [socketserver.UDPServer(("0.0.0.0", port), DatagramHandler) for port in udp_ports]
     threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in servers]
     for thread in threads:
         thread.start()
     log("serving tcp %s udp %s" % (list(tcp_ports), list(udp_ports)))
+    notify_ready()
     for thread in threads:
         thread.join()
-
-
-def supervise(child_argv):
-    """Run child_argv, and run it again whenever it exits, until SIGTERM or SIGINT."""
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    # Signals are handled one at a time by waiting for them, not by handlers that could
-    # interrupt starting the child halfway.
-    waited = stop_signals | {signal.SIGCHLD}
-    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    supervisor = os.getpid()
-    prctl(PR_SET_NAME, ctypes.c_char_p(SUPERVISOR_NAME))
-
-    def child_setup():
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != supervisor:  # the supervisor died before the line above
-            os._exit(1)
-
-    delay = RESTART_DELAY
-    while True:
-        started = time.monotonic()
-        child = subprocess.Popen(child_argv, preexec_fn=child_setup)  # pylint: disable=subprocess-popen-preexec-fn
-        while child.poll() is None:
-            if signal.sigwaitinfo(waited).si_signo in stop_signals:
-                stop(child)
-                return 0
-        if time.monotonic() - started >= STABLE_AFTER:
-            delay = RESTART_DELAY
-        log("supervisor: the service exited with %s; starting it again in %.0f s" % (child.returncode, delay))
-        if signal.sigtimedwait(stop_signals, delay) is not None:
-            return 0
-        delay = min(delay * 2, RESTART_DELAY_MAX)
-
-
-def stop(child):
-    child.terminate()
-    try:
-        child.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
 
 
 def port(text):
@@ -139,7 +100,6 @@ def parse_args(argv):
     parser.add_argument("--tcp", type=port, action="append", default=[], metavar="PORT", help="serve HTTP on PORT")
     parser.add_argument("--udp", type=port, action="append", default=[], metavar="PORT",
                         help="answer datagrams on PORT")
-    parser.add_argument("--supervise", action="store_true", help="run the service as a child; restart it when it exits")
     args = parser.parse_args(argv)
     if args.port is not None:
         args.tcp.append(args.port)
@@ -150,10 +110,6 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.supervise:
-        ports = [option for number in args.tcp for option in ("--tcp", str(number))]
-        ports += [option for number in args.udp for option in ("--udp", str(number))]
-        return supervise([sys.executable, os.path.abspath(__file__), *ports])
     serve(args.tcp, args.udp)
     return 0
 

@@ -1,0 +1,71 @@
+# -*- coding: utf-8 -*-
+# Copyright: netns.expose contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What playbooks/verify.yml prints: the summary table, and the report of the failed checks.
+
+probes: the registered loop of the probe module, one item per master ({item: master, results: [...]}).
+plans: {master: its expose_plan}; each plan's targets are in the order of the probe's results, and
+name the mapping and the namespace each check goes through.
+"""
+from __future__ import annotations
+
+ROW = "%-16s %-16s %-5s %-5s %6s  %-7s %9s  %s"
+REPLY_WIDTH = 100
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _result(check):
+    return "skipped" if check["skipped"] else ("ok" if check["ok"] else "FAILED")
+
+
+def summary(probes):
+    """The table of every check: master, service, protocol, check type, port, result, latency and the reply as text."""
+    rows = [ROW % ("master", "service", "proto", "check", "port", "result", "latency", "reply")]
+    for probe in probes:
+        for check in probe["results"]:
+            text = _one_line(check.get("body") or check.get("reply") or "")
+            if not (check["ok"] or check["skipped"]):
+                text = check["detail"] + (f": {text}" if text else "")
+            latency = "-" if check.get("latency_ms") is None else f"{check['latency_ms']:.1f} ms"
+            rows.append(ROW % (probe["item"], check["target"], check["protocol"], check.get("check") or "",
+                               check.get("port") or "-", _result(check), latency, (text or check["detail"])[:REPLY_WIDTH]))
+    return "\n".join(rows)
+
+
+def _failed(probe):
+    return [(index, check) for index, check in enumerate(probe["results"]) if not check["ok"] and not check["skipped"]]
+
+
+def report(probes, plans):
+    """One line per failed check, then for each master the commands that tell why; '' when every check passed."""
+    total = sum(len(probe["results"]) for probe in probes)
+    failures = [(probe, index, check) for probe in probes for index, check in _failed(probe)]
+    if not failures:
+        return ""
+    lines = [f"{len(failures)} of {total} checks failed:"]
+    for probe, _index, check in failures:
+        port = f" port {check['port']}" if check.get("port") else ""
+        lines.append(f"master {probe['item']}: {check['protocol']}{port} ({check['target']}) failed: {check['detail']}")
+    for probe in probes:
+        failed = _failed(probe)
+        if not failed:
+            continue
+        targets = plans[probe["item"]]["targets"]
+        mappings, listening, routes = [], [], []
+        for index, check in failed:
+            target = targets[index]
+            for seen, value in ((mappings, target["mapping"]), (routes, target["netns"])):
+                if value not in seen:
+                    seen.append(value)
+            if check.get("port") and target["netns"] not in listening:
+                listening.append(target["netns"])
+        commands = [(f"iptables -t nat -S NETNS-EXPOSE | grep {mapping}", "is the mapping there?") for mapping in mappings]
+        commands += [(f"ip netns exec {netns} ss -ltnu", f"does anything listen in {netns}?") for netns in listening]
+        commands += [(f"ip netns exec {netns} ip route", f"has {netns} its default route?") for netns in routes]
+        width = max(len(command) for command, _why in commands)
+        lines.append(f"Where to look next, as root on master {probe['item']}:")
+        lines += [f"  {command:<{width}}  # {why}" for command, why in commands]
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""What playbooks/verify.yml says, from the lab slave, about a lab master where one port is dead.
+
+The master publishes a service of its own (not the inventory's): an HTTP server that
+answers JSON on a tcp port, a TCP service that greets with a banner (a tcp port with
+check: tcp), a udp port where nothing listens, and icmp, in a namespace behind a veth
+pair, through mappings named as the role names them. verify must print
+the JSON reply as the service sent it, and end with one line per failure and the
+commands to run on the master. The services run with a known pid and are killed by it;
+the pair and the mappings are removed after the tests, also when one fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import time
+
+import pytest
+from conftest import REPO, failures
+from master_host import DEMO_REPLY, MASTER, scrub_netfilter, sh
+
+VERIFY = REPO / "playbooks" / "verify.yml"
+SLAVE = "slave"
+MASTER_IP = "10.211.55.122"
+NETNS = "vfy"
+PAIR = dict(netns=NETNS, ns_ifname="vfy0", host_ifname="veth-vfy", ns_address="10.244.8.2/24",
+            host_address="10.244.8.1/24")
+NS_IP = "10.244.8.2"
+WEB_PORT, WEB_NS_PORT, DEAD_PORT, DEAD_NS_PORT = 18290, 8080, 18253, 5353
+BANNER_PORT, BANNER_NS_PORT, BANNER = 18222, 2222, "SSH-2.0-lab"
+SERVICE = dict(PAIR, name="vfy-web", ports=[
+    {"protocol": "tcp", "host_port": WEB_PORT, "ns_port": WEB_NS_PORT, "expect": "hello world"},
+    {"protocol": "tcp", "host_port": BANNER_PORT, "ns_port": BANNER_NS_PORT, "check": "tcp", "expect": "SSH-2.0"},
+    {"protocol": "udp", "host_port": DEAD_PORT, "ns_port": DEAD_NS_PORT, "probe": "ping", "expect": "echo:ping"},
+    {"protocol": "icmp"},
+])
+MAPPINGS = [
+    dict(name=f"vfy-web-tcp-{WEB_PORT}", protocol="tcp", port=WEB_PORT, to_address=NS_IP, to_port=WEB_NS_PORT),
+    dict(name=f"vfy-web-tcp-{BANNER_PORT}", protocol="tcp", port=BANNER_PORT, to_address=NS_IP, to_port=BANNER_NS_PORT),
+    dict(name=f"vfy-web-udp-{DEAD_PORT}", protocol="udp", port=DEAD_PORT, to_address=NS_IP, to_port=DEAD_NS_PORT),
+    dict(name="vfy-web-icmp", protocol="icmp", to_address=NS_IP),
+]
+# Answers any GET with the JSON document given on its command line. Not http.server's command
+# line: its server looks up the name of its address before it listens, and a namespace has no DNS.
+JSON_SERVER = """import http.server, socketserver, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = sys.argv[2].encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "vfy", self.server_address[1]
+Server(("", int(sys.argv[1])), Handler).serve_forever()
+"""
+# Greets each connection with the banner given on its command line and a CR LF, as an SSH server does.
+BANNER_SERVER = """import socket, sys, threading
+def serve(connection):
+    with connection:
+        connection.sendall(sys.argv[2].encode() + b"\\r\\n")
+        connection.recv(1024)
+server = socket.create_server(("", int(sys.argv[1])))
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+"""
+SETTINGS = {"expose_services": [SERVICE], "expose_verify_retries": 0, "expose_verify_timeout": 1}
+# What a failed verify ends with: one line per failure, then where to look on the master.
+REPORT = [
+    "1 of 4 checks failed:",
+    f"master master: udp port {DEAD_PORT} (vfy-web) failed: connection refused",
+    "Where to look next, as root on master master:",
+    f"  iptables -t nat -S NETNS-EXPOSE | grep vfy-web-udp-{DEAD_PORT}  # is the mapping there?",
+    "  ip netns exec vfy ss -ltnu                                # does anything listen in vfy?",
+    "  ip netns exec vfy ip route                                # has vfy its default route?",
+]
+
+
+@pytest.fixture(scope="module")
+def one_dead_port(lab, ansible):
+    """The service's pair and mappings on the master, its HTTP server up, nothing on its udp port."""
+    with contextlib.ExitStack() as stack:
+        stack.callback(scrub_netfilter, lab)
+        stack.callback(ansible.run_module, MASTER, "netns.expose.netns_veth", {**PAIR, "state": "absent"})
+        stack.callback(ansible.run_module, MASTER, "netns.expose.dnat_rule",
+                       {"rules": [{"name": m["name"]} for m in MAPPINGS], "state": "absent"})
+        scrub_netfilter(lab)
+        made = ansible.run_module(MASTER, "netns.expose.netns_veth", PAIR)
+        assert not made["failed"], made
+        for script, port, text in ((JSON_SERVER, WEB_NS_PORT, DEMO_REPLY), (BANNER_SERVER, BANNER_NS_PORT, BANNER)):
+            # ip netns exec execs the server (no fork): the pid is the server's.
+            server = subprocess.Popen(
+                lab.command(MASTER, ["ip", "netns", "exec", NETNS, "python3", "-c", script, str(port), text]),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stack.callback(server.wait)
+            stack.callback(server.kill)
+        deadline = time.monotonic() + 10
+        while not all(sh(lab, "ip", "netns", "exec", NETNS, "ss", "-Hltn", f"sport = :{port}").strip()
+                      for port in (WEB_NS_PORT, BANNER_NS_PORT)):
+            assert time.monotonic() < deadline, "the servers in vfy do not listen"
+            time.sleep(0.1)
+        rules = [dict(m, destination=MASTER_IP, in_interface="eth0") for m in MAPPINGS]
+        added = ansible.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})
+        assert not added["failed"], added
+        yield
+
+
+def verify_with_the_default_callback(ansible, extra_vars_file):
+    """verify.yml as a user runs it (the default stdout callback); its stdout."""
+    env = {key: value for key, value in ansible.env.items() if key not in ("ANSIBLE_STDOUT_CALLBACK",)}
+    env.update(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_NOCOLOR="1")
+    done = subprocess.run(["ansible-playbook", "-i", str(ansible.inventory), str(VERIFY), "-e", f"@{extra_vars_file}"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode != 0, done.stdout
+    return done.stdout
+
+
+def test_a_failed_verify_ends_with_one_line_per_failure_and_where_to_look(one_dead_port, run_playbook):
+    run = run_playbook(VERIFY, extra_vars=SETTINGS)
+    assert failures(run) == [("Every check passed", "\n".join(REPORT))], failures(run)
+
+
+def test_the_summary_shows_the_reply_as_the_service_sent_it(one_dead_port, ansible, tmp_path):
+    extra_vars = tmp_path / "settings.json"
+    extra_vars.write_text(json.dumps(SETTINGS), encoding="utf-8")
+    stdout = verify_with_the_default_callback(ansible, extra_vars)
+    lines = stdout.splitlines()
+    row = re.compile(r"^master +vfy-web +tcp +http +18290 +ok +\d+\.\d ms  (.*)$")
+    replies = [match.group(1) for match in map(row.match, lines) if match]
+    assert replies == [DEMO_REPLY], stdout  # {"Age":12,...}, not {\"Age\":12,...}
+    assert any(re.fullmatch(rf"master +vfy-web +udp +udp +{DEAD_PORT} +FAILED +- +connection refused", line)
+               for line in lines), stdout
+    # The port's check reached the module: a tcp check, its reply on one line (the banner ends with CR LF).
+    assert any(re.fullmatch(rf"master +vfy-web +tcp +tcp +{BANNER_PORT} +ok +\d+\.\d ms  {BANNER}", line)
+               for line in lines), stdout
+    # The failure, as the default callback shows it: the report as it is, one line per failure.
+    start = lines.index("[ERROR]: Task failed: Action failed: " + REPORT[0])
+    assert lines[start + 1:start + len(REPORT)] == REPORT[1:], stdout
