@@ -20,14 +20,17 @@ What a packet costs does not grow with the number of mappings:
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from functools import partial
 
+from ansible_collections.netns.expose.plugins.module_utils import _persist
 from ansible_collections.netns.expose.plugins.module_utils._conntrack import key_order
 from ansible_collections.netns.expose.plugins.module_utils._iptables import (
     JUMP_COMMENT,
     OWNER_COMMENT,
+    XTABLES_LOCK_WAIT,
     OwnedRules,
     jump_line,
     owned_rules,
@@ -365,6 +368,7 @@ class DnatSpec:
     hairpin_sources: tuple = ()
     flush_conntrack: bool = True
     connmark: int = DEFAULT_CONNMARK
+    persistent: bool = False
 
 
 def desired_rules(spec, current_by_name, mark_ip_forward):
@@ -508,10 +512,11 @@ def _plan_conntrack(plan, conntrack, keys):
              "so that flows older than the change meet the new rules", partial(_delete_flows, conntrack, keys, entries))
 
 
-def build_plan(backend, spec, dump, ip_forward, conntrack=None):
+def build_plan(backend, spec, dump, ip_forward, conntrack=None, systemd=None):
     """Plan every change of the run from one iptables-save dump and the ip_forward value.
 
     conntrack: a ConntrackTable, for deleting the flows of the mappings that change (or None).
+    systemd: a _persist.Systemd where systemd runs (the files for boot are planned), else None.
     """
     current = owned_rules(dump, OWNED_CHAINS)
     current_by_name = rules_by_mapping(current)
@@ -565,7 +570,87 @@ def build_plan(backend, spec, dump, ip_forward, conntrack=None):
     elif restore_forward:
         plan.add("set net.ipv4.ip_forward = 0 (restoring the value before the first mapping)",
                  partial(write_ip_forward, 0), {("ip_forward",): 0})
+    if systemd is not None:
+        plan_persistence(plan, backend.variant, desired, spec.persistent, systemd)
+    elif spec.persistent and has_mappings:
+        plan.warnings.append(
+            "persistent: systemd is not the service manager of this host (no /run/systemd/system), so nothing is "
+            "written for boot: the mappings and ip_forward will not come back after a reboot")
     return plan
+
+
+# Persistence (option persistent): at boot, and after a firewall reload flushed everything,
+# systemd loads the owned chains and jumps from a file that holds only them, and
+# systemd-sysctl turns ip_forward on when the collection turned it on.
+RULES_UNIT = "netns-expose-rules.service"
+RULES_FILE = os.path.join(_persist.STATE_DIR, "iptables.rules")
+SYSCTL_FILE = "/etc/sysctl.d/90-netns-expose.conf"
+# The firewall loaders that flush the rules: the unit loads after them, and again when they restart.
+FLUSHING_FIREWALLS = {"nft": ("nftables.service", "netfilter-persistent.service"), "legacy": ("netfilter-persistent.service",)}
+RULES_UNIT_TEXT = """[Unit]
+Description=netns.expose: the port mappings of the collection (iptables-{variant}, {rules})
+Documentation=file:{rules}
+After={after}
+Before=network-online.target
+PartOf={part_of}
+ConditionPathExists={rules}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+# The jumps, if any are left: restore appends them again. The owned chains are flushed by restore.
+{pre}
+ExecStart=iptables-{variant}-restore --noflush --wait {wait} {rules}
+
+[Install]
+WantedBy=multi-user.target {part_of}
+"""
+
+
+def persisted_files(variant, desired):
+    """{path: content} that bring `desired` (the owned rules after the run) back at boot."""
+    if desired.is_empty():
+        return {}
+    header = _persist.HEADER.format(module="dnat_rule")
+    firewalls = FLUSHING_FIREWALLS[variant]
+    delete_jumps = [f"ExecStartPre=-iptables-{variant} -t {table} -D{line[2:]}"
+                    for table, jumps in sorted(desired.jumps.items()) for line in jumps.values()]
+    after = " ".join(("network-pre.target", *firewalls, "firewalld.service"))
+    unit = header + RULES_UNIT_TEXT.format(variant=variant, rules=RULES_FILE, wait=XTABLES_LOCK_WAIT, after=after,
+                                           part_of=" ".join(firewalls), pre="\n".join(delete_jumps))
+    files = {
+        RULES_FILE: header + restore_script(OwnedRules(), desired)[0],
+        os.path.join(_persist.UNIT_DIR, RULES_UNIT): unit,
+    }
+    for target in ("multi-user.target", *firewalls):
+        files[os.path.join(_persist.UNIT_DIR, f"{target}.wants", RULES_UNIT)] = _persist.Link(
+            os.path.join(_persist.UNIT_DIR, RULES_UNIT))
+    if IP_FORWARD_MARK in desired.chains.get("nat", {}).get(PREROUTING_CHAIN, []):
+        files[SYSCTL_FILE] = header + "# The collection turned forwarding on for its mappings.\nnet.ipv4.ip_forward = 1\n"
+    return files
+
+
+def persisted_paths():
+    """Every file the persistence of dnat_rule may have written."""
+    wants = [os.path.join(_persist.UNIT_DIR, f"{target}.wants", RULES_UNIT)
+             for target in sorted({"multi-user.target", *(name for names in FLUSHING_FIREWALLS.values() for name in names)})]
+    return [RULES_FILE, os.path.join(_persist.UNIT_DIR, RULES_UNIT), SYSCTL_FILE, *wants]
+
+
+def plan_persistence(plan, variant, desired, persistent, systemd):
+    """The files for boot: written (persistent, with rules) or removed; the unit started, so that a
+    firewall reload before the next boot brings the rules back too (it restarts with the loaders)."""
+    current = _persist.read_files(persisted_paths())
+    wanted = persisted_files(variant, desired) if persistent else {}
+    plan.before[_persist.VIEW_KEY] = plan.after[_persist.VIEW_KEY] = _persist.view(current)
+    active = systemd.is_active(RULES_UNIT)
+    if active and not wanted and current:
+        plan.add(f"stop {RULES_UNIT}", partial(systemd.run, "stop", RULES_UNIT))
+    _persist.plan_files(plan, current, wanted, systemd.reload)
+    if wanted and not active:
+        # Loading the same rules again: a moment without the jumps, once, as when a firewall reloads.
+        plan.add(f"start {RULES_UNIT}, so that it restarts with the firewall loaders",
+                 partial(systemd.run, "start", RULES_UNIT))
 
 
 class RolledBack(Exception):

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 
+from ansible_collections.netns.expose.plugins.module_utils import _persist
 from ansible_collections.netns.expose.plugins.module_utils._netlink import netns_run_dir
 from ansible_collections.netns.expose.plugins.module_utils._plan import Plan
 from ansible_collections.netns.expose.plugins.module_utils._validation import (
@@ -439,14 +440,93 @@ def interfaces_report(view, observed):
     return report
 
 
+# Persistence (option persistent): at boot, systemd makes each persisted namespace and its
+# pair again with iproute2, from two `ip -batch` files per namespace that the plan writes.
+NETNS_UNIT = "netns-expose-netns@.service"
+NETNS_FILES = os.path.join(_persist.STATE_DIR, "netns")
+NETNS_UNIT_TEXT = """[Unit]
+Description=netns.expose: network namespace %I and its veth pair
+Documentation=file:{files}/%I.host file:{files}/%I.ns
+DefaultDependencies=no
+After=local-fs.target
+Before=network-pre.target
+Wants=network-pre.target
+# At boot: a namespace that exists already is left as it is.
+ConditionPathExists=!/run/netns/%I
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=ip -batch {files}/%I.host
+ExecStart=ip -n %I -batch {files}/%I.ns
+
+[Install]
+WantedBy=multi-user.target
+""".format(files=NETNS_FILES)
+
+
+def netns_unit(netns):
+    """The unit that makes a persisted namespace at boot (an instance of NETNS_UNIT)."""
+    return f"netns-expose-netns@{_persist.systemd_escape(netns)}.service"
+
+
+def netns_paths(netns):
+    """The files of one persisted namespace: its two batch files and the link that enables its unit."""
+    return [os.path.join(NETNS_FILES, f"{netns}.host"), os.path.join(NETNS_FILES, f"{netns}.ns"),
+            os.path.join(_persist.UNIT_DIR, "multi-user.target.wants", netns_unit(netns))]
+
+
+def netns_files(spec):
+    """{path: content} that make spec's namespace and pair at boot, as the plan makes them now."""
+    header = _persist.HEADER.format(module="netns_veth")
+    mtu = f" mtu {spec.mtu}" if spec.mtu else ""
+    host = [f"netns add {spec.netns}",
+            f"link add {spec.host_ifname}{mtu} type veth peer name {spec.ns_ifname}{mtu} netns {spec.netns}",
+            f"addr add {spec.host_address} dev {spec.host_ifname}",
+            f"link set {spec.host_ifname} up"]
+    inside = ["link set lo up", f"link set lo alias {OWNER_MARK}",
+              f"addr add {spec.ns_address} dev {spec.ns_ifname}", f"link set {spec.ns_ifname} up"]
+    if spec.default_route:
+        inside.append(f"route add default via {spec.host_address.ip}")
+    host_path, ns_path, link = netns_paths(spec.netns)
+    return {host_path: header + "\n".join(host) + "\n", ns_path: header + "\n".join(inside) + "\n",
+            link: _persist.Link(os.path.join(_persist.UNIT_DIR, NETNS_UNIT))}
+
+
+def persisted_namespaces():
+    """The namespaces whose files are on the host."""
+    try:
+        return {name[:-len(".host")] for name in os.listdir(NETNS_FILES) if name.endswith(".host")}
+    except FileNotFoundError:
+        return set()
+
+
+def plan_persistence(plan, specs, persistent, reload_systemd):
+    """The files of the listed namespaces: written (persistent, present) or removed; the template unit
+    while any namespace is persisted. Other namespaces' files stay as they are."""
+    listed = {spec.netns for spec in specs}
+    template = os.path.join(_persist.UNIT_DIR, NETNS_UNIT)
+    current = _persist.read_files([path for netns in sorted(listed) for path in netns_paths(netns)] + [template])
+    desired = {}
+    if persistent:
+        for spec in specs:
+            if spec.state == "present":
+                desired.update(netns_files(spec))
+    if desired or persisted_namespaces() - listed:
+        desired[template] = _persist.HEADER.format(module="netns_veth") + NETNS_UNIT_TEXT
+    plan.before[_persist.VIEW_KEY] = plan.after[_persist.VIEW_KEY] = _persist.view(current)
+    _persist.plan_files(plan, current, desired, reload_systemd)
+
+
 class VethRun:
     """One module call: the declared pairs, the host as read, and the one plan of the call.
 
     Reading and planning refuse bad input and conflicting host state (InvalidInput)
     before anything changes; `plan.apply()` makes the changes.
+    systemd: None where systemd does not run, else an object with reload() (daemon-reload).
     """
 
-    def __init__(self, netlink, params):
+    def __init__(self, netlink, params, systemd=None):
         self.netlink = netlink
         self.batch = params.get("pairs") is not None
         self.specs = specs_from_params(params)
@@ -456,6 +536,14 @@ class VethRun:
             self.plan = build_batch_plan(netlink, self.distinct, self.observed)
         else:
             self.plan = build_plan(netlink, self.distinct[0], self.observed[0])
+        persistent = params.get("persistent", False)
+        if systemd is None:
+            if persistent and params["state"] == "present":
+                self.plan.warnings.append(
+                    "persistent: systemd is not the service manager of this host (no /run/systemd/system), so "
+                    "nothing is written for boot: the namespaces and pairs will not come back after a reboot")
+        else:
+            plan_persistence(self.plan, self.distinct, persistent, systemd.reload)
 
     def _predicted(self, spec):
         return self.plan.after[spec.netns] if self.batch else self.plan.after

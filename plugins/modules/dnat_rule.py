@@ -199,6 +199,24 @@ options:
       - Changing it updates every mapping listed, and deletes their flows (O(flush_conntrack)).
     type: int
     default: 16777216
+  persistent:
+    description:
+      - Also write what brings the owned rules and C(ip_forward) back at boot, and after a firewall reload that
+        flushed them, with no Ansible run, where systemd is the service manager.
+      - C(/etc/netns-expose/iptables.rules) holds only the collection's chains and the jumps to them (the input of
+        C(iptables-restore --noflush)); the unit C(/etc/systemd/system/netns-expose-rules.service) loads it at boot,
+        after the host's own firewall (C(nftables.service), C(netfilter-persistent.service), C(firewalld.service)) and
+        before C(network-online.target), and again whenever C(nftables.service) (which runs C(flush ruleset), also
+        wiping iptables-nft rules) or C(netfilter-persistent.service) restarts. The run starts the unit, so that this
+        holds before the next boot too. C(/etc/sysctl.d/90-netns-expose.conf) turns C(net.ipv4.ip_forward) on at boot
+        when the collection turned it on.
+      - The files are part of the run's plan, so check mode and diff show them, and a file changed or deleted by hand
+        is put back by the next run. They follow the owned rules, whichever run changes them.
+      - V(false), and a run that leaves no owned rule, remove them (and stop the unit), so that after the next reboot
+        nothing comes back.
+      - Where systemd does not run (C(/run/systemd/system) is missing) nothing is written, with a warning.
+    type: bool
+    default: true
   iptables:
     description:
       - Which iptables variant to use. V(auto) uses the variant of the host's C(iptables) command, as the rest of
@@ -303,6 +321,7 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     read_ip_forward,
 )
 from ansible_collections.netns.expose.plugins.module_utils._iptables import IptablesBackend, IptablesError
+from ansible_collections.netns.expose.plugins.module_utils._persist import systemd_of
 from ansible_collections.netns.expose.plugins.module_utils._plan import PlanApplyError
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
 
@@ -333,6 +352,7 @@ def main():
             hairpin_sources=dict(type="list", elements="str", default=[]),
             flush_conntrack=dict(type="bool", default=True),
             connmark=dict(type="int", default=0x1000000),
+            persistent=dict(type="bool", default=True),
             iptables=dict(type="str", choices=["auto", "nft", "legacy"], default="auto"),
         ),
         mutually_exclusive=[("name", "rules")],
@@ -351,9 +371,11 @@ def main():
             hairpin_sources=hairpin_sources_from_params(params["hairpin_sources"]),
             flush_conntrack=params["flush_conntrack"],
             connmark=connmark_from_params(params["connmark"]),
+            persistent=params["persistent"],
         )
         backend = IptablesBackend(module, params["iptables"])
-        plan = build_plan(backend, spec, backend.read(), read_ip_forward(), conntrack=ConntrackTable(module))
+        plan = build_plan(backend, spec, backend.read(), read_ip_forward(), conntrack=ConntrackTable(module),
+                          systemd=systemd_of(module))
     except (InvalidInput, IptablesError) as exc:
         module.fail_json(msg=str(exc))
 

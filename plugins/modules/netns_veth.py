@@ -120,6 +120,21 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  persistent:
+    description:
+      - Also write what makes each listed namespace and its pair again at boot, with no Ansible run, where systemd
+        is the service manager. Per namespace, two C(ip -batch) files in C(/etc/netns-expose/netns/)
+        (C(<netns>.host), run on the host, and C(<netns>.ns), run in the namespace), and the instance
+        C(netns-expose-netns@<netns>.service) of the template unit C(/etc/systemd/system/netns-expose-netns@.service),
+        enabled for C(multi-user.target) and ordered before C(network-pre.target). At boot the unit makes the
+        namespace only when it does not exist yet.
+      - The files are part of the run's plan, so check mode and diff show them, and a file changed or deleted by hand
+        is put back by the next run.
+      - V(false), and O(state=absent), remove the files of the listed namespaces (the template unit goes with the
+        last namespace), so that they do not come back after the next reboot.
+      - Where systemd does not run (C(/run/systemd/system) is missing) nothing is written, with a warning.
+    type: bool
+    default: true
 notes:
   - The module marks a namespace it creates by setting the alias of its C(lo) interface to V(netns.expose);
     O(state=absent) deletes only namespaces that carry this mark.
@@ -243,6 +258,7 @@ from ansible_collections.netns.expose.plugins.module_utils._netlink import (
     Netlink,
 )
 from ansible_collections.netns.expose.plugins.module_utils._netns_veth import VethRun
+from ansible_collections.netns.expose.plugins.module_utils._persist import systemd_of
 from ansible_collections.netns.expose.plugins.module_utils._packages import install_hint
 from ansible_collections.netns.expose.plugins.module_utils._plan import PlanApplyError
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
@@ -264,6 +280,7 @@ def main():
             PAIR_OPTIONS,
             pairs=dict(type="list", elements="dict", options=PAIR_OPTIONS),
             state=dict(type="str", choices=["present", "absent"], default="present"),
+            persistent=dict(type="bool", default=True),
         ),
         # The other required options are checked with the rest of a pair, naming the option.
         mutually_exclusive=[("pairs", option) for option in PAIR_OPTIONS],
@@ -276,7 +293,7 @@ def main():
 
     with Netlink() as netlink:
         try:
-            run = VethRun(netlink, module.params)
+            run = VethRun(netlink, module.params, systemd=systemd_of(module))
         except InvalidInput as exc:
             module.fail_json(msg=str(exc))
 

@@ -7,6 +7,7 @@ The checks are the collection's own (plugins/module_utils/_validation.py), as th
 """
 from __future__ import annotations
 
+from ansible_collections.netns.expose.plugins.module_utils._netns_veth import netns_unit
 from ansible_collections.netns.expose.plugins.module_utils._validation import (
     InvalidInput,
     check_name,
@@ -30,7 +31,8 @@ def demo_plan(instances, state="present", found_units=(), exclusive=True):
         names.add(name)
         ports = {kind: sorted({check_port(f"{where}.{kind}[{i}]", port) for i, port in enumerate(instance.get(kind) or [])})
                  for kind in ("tcp_ports", "udp_ports")}
-        checked.append({"name": name, "netns": check_netns_name(f"{where}.netns", instance.get("netns")), **ports})
+        netns = check_netns_name(f"{where}.netns", instance.get("netns"))
+        checked.append({"name": name, "netns": netns, "netns_unit": netns_unit(netns), **ports})
     # An instance without a port serves nothing: it does not run, as if it were absent.
     serving = [] if state == "absent" else [item for item in checked if item["tcp_ports"] or item["udp_ports"]]
     serving_units = [UNIT.format(item["name"]) for item in serving]

@@ -22,6 +22,7 @@ callback_plugins/lab_json.py, which prints the run as one JSON document.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -53,10 +54,13 @@ def session_lab_name():
     return f"pt{os.getpid()}"
 
 
-def inventory_copy(source, lab_name, directory):
-    """A copy of a lab inventory (its hosts under the group lab) in directory, with another lab_name."""
+def inventory_copy(source, lab_name, directory, without=()):
+    """A copy of a lab inventory (its hosts under the group lab) in directory, with another lab_name,
+    and without the child groups of lab named in `without` (e.g. slaves)."""
     inventory = yaml.safe_load(source.read_text(encoding="utf-8"))
     inventory["all"]["children"]["lab"]["vars"]["lab_name"] = lab_name
+    for group in without:
+        del inventory["all"]["children"]["lab"]["children"][group]
     path = Path(directory) / source.name
     path.write_text(yaml.safe_dump(inventory), encoding="utf-8")
     return path
@@ -247,6 +251,27 @@ def machine_lab(request, machine_inventory):
 @pytest.fixture(scope="session")
 def machine_ansible(machine_lab, machine_inventory, ansible_env, tmp_path_factory):
     return AnsibleRunner(machine_inventory, tmp_path_factory.mktemp("machine-ansible"), ansible_env)
+
+
+@contextlib.contextmanager
+def machine_lab_of_its_own(suffix, directory, ansible_env, without=()):
+    """(Lab, AnsibleRunner) of machines like tests/lab/machines.yml, under a lab name of their own, up;
+    taken down at the end whatever happens. For a test module that needs machines that are not fresh."""
+    inventory = inventory_copy(MACHINES_INVENTORY, f"{session_lab_name()}m-{suffix}", directory, without)
+    own = nslab.Lab.from_inventory(inventory)
+    own.down()
+    try:
+        own.up()
+        yield own, AnsibleRunner(inventory, directory, ansible_env)
+    finally:
+        own.down()
+
+
+def on(lab, host, script):
+    """Run a shell script on a lab host; return its stdout (fails the test if it fails)."""
+    done = lab.exec(host, ["sh", "-ec", script])
+    assert done.returncode == 0, f"{host}: {script!r} failed ({done.returncode}): {done.stderr}"
+    return done.stdout
 
 
 @pytest.fixture

@@ -77,3 +77,23 @@ def snapshot(lab):
     for name in namespaces:
         state[name] = view(["ip", "netns", "exec", name])
     return state
+
+
+# HTTP: GET / and /index.html answer the text given after the port, anything else 404; each request
+# is logged on stderr. Not http.server's command line: its server looks up the name of its address
+# (getfqdn) before it listens, which waits for DNS a lab namespace does not have.
+HTTP_SERVER = """import http.server, socketserver, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        found = self.path in ("/", "/index.html")
+        body = (sys.argv[2] if found else "not here").encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "lab", self.server_address[1]
+Server(("", int(sys.argv[1])), Handler).serve_forever()
+"""

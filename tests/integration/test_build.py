@@ -32,6 +32,9 @@ def installed(tmp_path_factory):
     ["netns.expose.prerequisites"],
     ["-t", "connection", "netns.expose.nsenter"],
     ["-t", "filter", "netns.expose.services_plan"],
+    ["-t", "filter", "netns.expose.verify_summary"],
+    ["-t", "filter", "netns.expose.verify_report"],
+    ["-t", "filter", "netns.expose.demo_plan"],
 ])
 def test_docs_render_from_the_installed_tarball(installed, plugin):
     done = run_installed(installed, "ansible-doc", *plugin)

@@ -8,15 +8,12 @@ Each test starts with no demo unit on the machine and leaves none, also when it 
 """
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-import yaml
-from conftest import MACHINES_INVENTORY, AnsibleRunner, failures, session_lab_name
+from conftest import failures, machine_lab_of_its_own, on
 from master_host import DEMO_REPLY
 
-import nslab
 
 MASTER = "master"
 SCRIPT = "/usr/local/libexec/netns-expose-demo/demo_service.py"
@@ -49,28 +46,10 @@ except OSError as exc:
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory, ansible_env):
     """(Lab, AnsibleRunner) of one machine, master, with an ns1; taken down at the end whatever happens."""
-    workdir = tmp_path_factory.mktemp("demo-machine")
-    inventory = yaml.safe_load(MACHINES_INVENTORY.read_text(encoding="utf-8"))
-    lab_group = inventory["all"]["children"]["lab"]
-    lab_group["vars"]["lab_name"] = f"{session_lab_name()}m-ds"
-    del lab_group["children"]["slaves"]  # one machine is enough: each boot costs seconds
-    path = workdir / "machines.yml"
-    path.write_text(yaml.safe_dump(inventory), encoding="utf-8")
-    lab = nslab.Lab.from_inventory(path)
-    lab.down()
-    try:
-        lab.up()
-        on(lab, "ip netns add ns1 && ip -n ns1 link set lo up")
-        yield lab, AnsibleRunner(path, workdir, ansible_env)
-    finally:
-        lab.down()
-
-
-def on(lab, script):
-    """Run a shell script on the machine; return its stdout (fails the test if it fails)."""
-    done = lab.exec(MASTER, ["sh", "-ec", script])
-    assert done.returncode == 0, f"{script!r} failed ({done.returncode}): {done.stderr}"
-    return done.stdout
+    # One machine is enough: each boot costs seconds.
+    with machine_lab_of_its_own("ds", tmp_path_factory.mktemp("demo-machine"), ansible_env, without=["slaves"]) as own:
+        on(own[0], MASTER, "ip netns add ns1 && ip -n ns1 link set lo up")
+        yield own
 
 
 class Demo:
@@ -91,8 +70,8 @@ class Demo:
 
     def show(self, name):
         """ActiveState, SubState, MainPID and NetworkNamespacePath of an instance's unit."""
-        out = on(self.lab, f"systemctl show --property=ActiveState,SubState,MainPID,NetworkNamespacePath "
-                           f"netns-expose-demo-{name}.service")
+        out = on(self.lab, MASTER, f"systemctl show --property=ActiveState,SubState,MainPID,NetworkNamespacePath "
+                                   f"netns-expose-demo-{name}.service")
         return dict(line.split("=", 1) for line in out.splitlines())
 
     def main_pid(self, name):
@@ -102,19 +81,19 @@ class Demo:
 
     def in_ns1(self, pid):
         """Whether a process is in ns1 (its network namespace is the one /run/netns/ns1 holds)."""
-        inodes = on(self.lab, f"stat --dereference --format=%i /proc/{pid}/ns/net /run/netns/ns1").split()
+        inodes = on(self.lab, MASTER, f"stat --dereference --format=%i /proc/{pid}/ns/net /run/netns/ns1").split()
         return inodes[0] == inodes[1]
 
     def ask(self, protocol, port):
         """The reply of the service on a port, asked from inside ns1."""
-        return on(self.lab, f"nsenter --net=/run/netns/ns1 python3 -c '{ASK}' {protocol} {port}").strip()
+        return on(self.lab, MASTER, f"nsenter --net=/run/netns/ns1 python3 -c '{ASK}' {protocol} {port}").strip()
 
     def leftovers(self):
         """Demo units (files or loaded), the script's directory and processes in ns1."""
-        return on(self.lab, "ls /etc/systemd/system | grep netns-expose-demo || true; "
-                            "ls -d /usr/local/libexec/netns-expose-demo 2>/dev/null || true; "
-                            "systemctl list-units --all --plain --no-legend 'netns-expose-demo-*' || true; "
-                            "ip netns pids ns1").split()
+        return on(self.lab, MASTER, "ls /etc/systemd/system | grep netns-expose-demo || true; "
+                                    "ls -d /usr/local/libexec/netns-expose-demo 2>/dev/null || true; "
+                                    "systemctl list-units --all --plain --no-legend 'netns-expose-demo-*' || true; "
+                                    "ip netns pids ns1").split()
 
 
 @pytest.fixture
@@ -142,7 +121,7 @@ def test_check_mode_changes_nothing_then_present_runs_the_unit_in_ns1_once(demo)
     # Started means listening (Type=notify): asked right away, every port answers.
     assert demo.ask("tcp", 9090) == demo.ask("udp", 5353) == DEMO_REPLY
     assert demo.ask("tcp", 9091).startswith("no answer")
-    assert on(demo.lab, "systemctl is-enabled netns-expose-demo-web.service").strip() == "enabled"
+    assert on(demo.lab, MASTER, "systemctl is-enabled netns-expose-demo-web.service").strip() == "enabled"
 
     assert demo.converge([WEB]) == []
     assert demo.converge([WEB], check=True, diff=True) == []
@@ -159,13 +138,13 @@ def test_it_restarts_when_its_ports_or_script_change_and_when_it_dies(demo):
     assert second != first
     assert demo.ask("tcp", 9091) == DEMO_REPLY and demo.ask("tcp", 9090).startswith("no answer")
 
-    on(demo.lab, f"echo '# changed' >> {SCRIPT}")
+    on(demo.lab, MASTER, f"echo '# changed' >> {SCRIPT}")
     assert demo.converge([{**WEB, "tcp_ports": [9091]}]) == [
         "Install the demo service's script", "Enable and start the demo units (restart those whose unit or script changed)"]
     third = demo.main_pid("web")
     assert third != second
 
-    on(demo.lab, f"kill -9 {third}")  # Restart=on-failure
+    on(demo.lab, MASTER, f"kill -9 {third}")  # Restart=on-failure
     deadline = time.monotonic() + 15
     while demo.show("web")["MainPID"] in (str(third), "0") and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -204,13 +183,14 @@ def test_a_missing_namespace_fails_naming_the_host_and_the_instance(demo):
 
 
 @pytest.mark.parametrize("instances, message", [
-    ([WEB, WEB], "demo service instance web: the name must be unique"),
-    ([{**WEB, "name": "a/b"}], "demo service instance a/b: the name must"),
-    ([{**WEB, "tcp_ports": [70000]}], "the ports 1-65535"),
+    ([WEB, WEB], "master: demo_service_instances[1].name: 'web' is also the name of an earlier instance"),
+    ([{**WEB, "name": "a/b"}], "master: demo_service_instances[0].name: 'a/b' is not a valid instance name"),
+    ([{**WEB, "tcp_ports": [70000]}], "master: demo_service_instances[0].tcp_ports[0]: 70000 is outside 1..65535"),
 ])
 def test_bad_instances_fail_before_anything_changes(demo, instances, message):
     run = demo.run(instances)
-    assert message in json.dumps(failures(run)), failures(run)
+    [(_task, said)] = failures(run)
+    assert said.startswith(message), said
     assert demo.leftovers() == []
 
 

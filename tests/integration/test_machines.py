@@ -15,19 +15,14 @@ import time
 
 import pytest
 
+from conftest import on
+
 import machines
 import nslab
 
 MASTER, SLAVE = "master", "slave"
 # What the collection's modules need and a minimal server lacks.
 ABSENT_PACKAGES = ("python3-pyroute2", "iptables", "conntrack")
-
-
-def on(lab, host, script):
-    """Run a shell script on a machine over SSH; return its stdout (fails the test if it fails)."""
-    done = lab.exec(host, ["sh", "-ec", script])
-    assert done.returncode == 0, f"{host}: {script!r} failed ({done.returncode}): {done.stderr}"
-    return done.stdout
 
 
 def installed(lab, host, packages):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from master_host import DEMO_REPLY, MASTER, scrub_netfilter, sh
+from master_host import DEMO_REPLY, HTTP_SERVER, MASTER, scrub_netfilter, sh
 
 HERE = Path(__file__).resolve().parent
 UDP_ECHO = HERE / "udp_echo.py"
@@ -33,24 +33,6 @@ ECHO_PORT, SILENT_PORT, UNASKED_PORT = 18053, 18054, 18055
 DEMO_TEXT = "hello world!"
 # Takes datagrams and never answers.
 SILENT_UDP = f"import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('', {SILENT_PORT}))\ntime.sleep(3600)"
-# HTTP: GET / and /index.html answer the text given after the port, anything else 404; each request
-# is logged on stderr. Not http.server's command line: its server looks up the name of its address
-# (getfqdn) before it listens, which waits for DNS a lab namespace does not have.
-HTTP_SERVER = """import http.server, socketserver, sys
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        found = self.path in ("/", "/index.html")
-        body = (sys.argv[2] if found else "not here").encode()
-        self.send_response(200 if found else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-class Server(http.server.ThreadingHTTPServer):
-    def server_bind(self):
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "lab", self.server_address[1]
-Server(("", int(sys.argv[1])), Handler).serve_forever()
-"""
 # Waits until the host has refused a TCP connection (its OutRsts counter grows), then execs argv:
 # a service that is surely not up for the module's first attempt, and is up for a later one.
 AFTER_FIRST_REFUSAL = """import os, sys, time

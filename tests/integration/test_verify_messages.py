@@ -18,7 +18,7 @@ import time
 
 import pytest
 from conftest import REPO, failures
-from master_host import DEMO_REPLY, MASTER, scrub_netfilter, sh
+from master_host import DEMO_REPLY, HTTP_SERVER, MASTER, scrub_netfilter, sh
 
 VERIFY = REPO / "playbooks" / "verify.yml"
 SLAVE = "slave"
@@ -41,23 +41,6 @@ MAPPINGS = [
     dict(name=f"vfy-web-udp-{DEAD_PORT}", protocol="udp", port=DEAD_PORT, to_address=NS_IP, to_port=DEAD_NS_PORT),
     dict(name="vfy-web-icmp", protocol="icmp", to_address=NS_IP),
 ]
-# Answers any GET with the JSON document given on its command line. Not http.server's command
-# line: its server looks up the name of its address before it listens, and a namespace has no DNS.
-JSON_SERVER = """import http.server, socketserver, sys
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = sys.argv[2].encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-class Server(http.server.ThreadingHTTPServer):
-    def server_bind(self):
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "vfy", self.server_address[1]
-Server(("", int(sys.argv[1])), Handler).serve_forever()
-"""
 # Greets each connection with the banner given on its command line and a CR LF, as an SSH server does.
 BANNER_SERVER = """import socket, sys, threading
 def serve(connection):
@@ -91,7 +74,7 @@ def one_dead_port(lab, ansible):
         scrub_netfilter(lab)
         made = ansible.run_module(MASTER, "netns.expose.netns_veth", PAIR)
         assert not made["failed"], made
-        for script, port, text in ((JSON_SERVER, WEB_NS_PORT, DEMO_REPLY), (BANNER_SERVER, BANNER_NS_PORT, BANNER)):
+        for script, port, text in ((HTTP_SERVER, WEB_NS_PORT, DEMO_REPLY), (BANNER_SERVER, BANNER_NS_PORT, BANNER)):
             # ip netns exec execs the server (no fork): the pid is the server's.
             server = subprocess.Popen(
                 lab.command(MASTER, ["ip", "netns", "exec", NETNS, "python3", "-c", script, str(port), text]),

@@ -69,14 +69,15 @@ NSPAWN_ENV = {
 }
 
 
-class MachineError(Exception):
-    """A machine cannot be built, booted, reached or removed."""
+class LabError(Exception):
+    """A lab, or one of its machines, cannot be built, booted, read, reached or removed."""
 
 
-def _run(argv, check=True, **kwargs):
+def run(argv, check=True, **kwargs):
+    """Run argv and capture its output as text; raise LabError if it fails and check is true."""
     done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
     if check and done.returncode != 0:
-        raise MachineError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        raise LabError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return done
 
 
@@ -125,7 +126,7 @@ class Image:
             root, repo = os.path.join(staging, "root"), os.path.join(staging, "repo")
             os.makedirs(repo)
             archives = "$1/var/cache/apt/archives"
-            _run([
+            run([
                 "mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
                 f"--include={','.join(IMAGE_PACKAGES)}",
                 # A small image: no documentation, manual pages or translations.
@@ -143,10 +144,10 @@ class Image:
                 f'--customize-hook=mkdir -p "$1{REPO_MOUNT}"',
                 SUITE, root, MIRROR,
             ], timeout=1800)
-            index = _run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
+            index = run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
             with open(os.path.join(repo, "Packages"), "w", encoding="utf-8") as packages:
                 packages.write(index)
-            release = _run(["apt-ftparchive", "release", "."], cwd=repo).stdout
+            release = run(["apt-ftparchive", "release", "."], cwd=repo).stdout
             with open(os.path.join(repo, "Release"), "w", encoding="utf-8") as release_file:
                 release_file.write(release)
             with open(os.path.join(staging, "built"), "w", encoding="utf-8") as stamp:
@@ -188,7 +189,7 @@ def cgroup_hierarchies():
     found = [path for path in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd")
              if os.path.exists(os.path.join(path, "cgroup.procs"))]
     if not found:
-        raise MachineError("no cgroup hierarchy found under /sys/fs/cgroup")
+        raise LabError("no cgroup hierarchy found under /sys/fs/cgroup")
     return found
 
 
@@ -238,7 +239,7 @@ class MachineCgroup:
             if not pids:
                 break
             if time.monotonic() > deadline:
-                raise MachineError(f"processes keep running in cgroup {self.relative}: {sorted(pids)}")
+                raise LabError(f"processes keep running in cgroup {self.relative}: {sorted(pids)}")
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -291,7 +292,7 @@ class LabSsh:
     def ensure(self):
         os.makedirs(os.path.join(self.dir, "cp"), mode=0o700, exist_ok=True)
         if not os.path.exists(self.key):
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "netns-expose-lab", "-f", self.key])
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "netns-expose-lab", "-f", self.key])
         # The TCP connection starts in the lab's LAN namespace, which holds the gateway address.
         proxy = f"nsenter --net={self.lan_namespace} -- socat STDIO TCP:%h:%p"
         config = "\n".join([
@@ -383,7 +384,7 @@ class Machine:
         with open(os.path.join(self.upper, "etc", "hostname"), "w", encoding="utf-8") as hostname:
             hostname.write(self.host + "\n")
         # ssh-keygen -A writes every missing host key type under <prefix>/etc/ssh.
-        _run(["ssh-keygen", "-q", "-A", "-f", self.upper])
+        run(["ssh-keygen", "-q", "-A", "-f", self.upper])
         # Last: its presence says the layer is complete (is_prepared).
         with open(os.path.join(self.upper, "etc", "machine-id"), "w", encoding="utf-8") as machine_id:
             machine_id.write(uuid.uuid4().hex + "\n")
@@ -461,7 +462,7 @@ def supervise(machine, renew_network):
     deadline = time.monotonic() + 10
     while os.getpid() not in machine.cgroup.pids():
         if time.monotonic() > deadline:
-            raise MachineError(f"{machine.name}: the supervisor was not moved into its cgroup")
+            raise LabError(f"{machine.name}: the supervisor was not moved into its cgroup")
         time.sleep(0.05)
     env = dict(os.environ, **NSPAWN_ENV)
     while True:
@@ -474,6 +475,24 @@ def supervise(machine, renew_network):
         print(f"=== {time.strftime('%F %T')} nspawn exited with {status}", flush=True)
         if status != NSPAWN_REBOOT:
             return status
+
+
+# Run on a slave: GET the master's 10.211.55.122:8090 every 20 ms; once it has stopped answering (the
+# master went down), print the time (seconds since the epoch: the machines share this machine's clock)
+# of the first answer again, and the answer. argv[1]: how many seconds to try.
+POLL_UNTIL_BACK = """
+import sys, time, urllib.request
+deadline, down = time.time() + float(sys.argv[1]), False
+while time.time() < deadline:
+    try:
+        body = urllib.request.urlopen("http://10.211.55.122:8090/", timeout=0.5).read().decode()
+        if down:
+            print(repr(time.time()), body, flush=True)
+            break
+    except OSError:
+        down = True
+    time.sleep(0.02)
+"""
 
 
 def wait_until_booted(ssh, address, not_boot_id=None, timeout=BOOT_TIMEOUT):
@@ -494,7 +513,7 @@ def wait_until_booted(ssh, address, not_boot_id=None, timeout=BOOT_TIMEOUT):
             return lines[0]
         last = (done.stderr or done.stdout).strip()
         time.sleep(0.5)
-    raise MachineError(f"machine {address} did not finish booting within {timeout} s: {last}")
+    raise LabError(f"machine {address} did not finish booting within {timeout} s: {last}")
 
 
 def main(argv):

@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass
 
 import machines
+from machines import LabError, run
 
 LAB_ROOT = "/run/netns-expose-lab"
 NETNS_RUN_DIR = "/run/netns"
@@ -71,18 +72,6 @@ mount -t sysfs lab-sysfs /sys
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IFNAMSIZ = 15
 STATUS_DOWN = 3  # exit status of `status HOST` when the host is not up (as `systemctl is-active`)
-
-
-class LabError(Exception):
-    """A lab cannot be built, read or removed."""
-
-
-def run(argv, check=True, **kwargs):
-    """Run argv and capture its output as text; raise LabError if it fails and check is true."""
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
-    if check and done.returncode != 0:
-        raise LabError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done
 
 
 @dataclass(frozen=True)
@@ -406,7 +395,9 @@ class Lab:
         path = self.hosts[host].ns("net")
         self._unmount([path] if all(self._bound([path])) else [])
         self._in_lan("ip", "link", "del", self.hosts[host].lan_port, check=False)
-        self._make_namespaces({"net": path}, "ip link set lo up")
+        # A new network namespace copies some sysctls of this machine's: a booted server starts with
+        # forwarding off.
+        self._make_namespaces({"net": path}, "ip link set lo up; echo 0 > /proc/sys/net/ipv4/ip_forward")
         self._wire(self.hosts[host])
         return path
 
@@ -694,7 +685,7 @@ def main(argv=None):
             return 0 if lab.is_up(args.host) else STATUS_DOWN
         else:
             print(lab.status())
-    except (LabError, machines.MachineError) as exc:
+    except LabError as exc:
         print(f"nslab: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -14,12 +14,16 @@ import jinja2
 import pytest
 import yaml
 
+from ansible_collections.netns.expose.plugins.plugin_utils._demo import demo_plan
+
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "demo_service"
 WEB = {"name": "web", "netns": "ns1", "tcp_ports": [9090, 9091], "udp_ports": [5353]}
 DNS = {"name": "dns", "netns": "ns1", "tcp_ports": [], "udp_ports": [53]}
 
 
 def render_unit(instance):
+    """The unit of an instance, as the role's plan (the demo_plan filter) hands it to the template."""
+    [instance] = demo_plan([instance])["instances"]
     role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text(encoding="utf-8"))
     environment = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     template = environment.from_string((ROLE / "templates" / "netns-expose-demo.service.j2").read_text(encoding="utf-8"))
@@ -50,6 +54,8 @@ def test_unit_joins_the_namespace_and_runs_the_service_on_its_ports():
     assert unit["CapabilityBoundingSet"] == [""]
     assert "AmbientCapabilities" not in unit
     assert unit["WantedBy"] == ["multi-user.target"]
+    # At boot, after the unit that makes ns1 (where netns_veth persisted it).
+    assert unit["Wants"] == unit["After"] == ["netns-expose-netns@ns1.service"]
 
 
 def test_unit_may_bind_ports_below_1024_only_when_it_has_one():
@@ -61,6 +67,7 @@ def test_unit_may_bind_ports_below_1024_only_when_it_has_one():
 def test_unit_escapes_percent_signs_in_the_namespace_name():
     unit = settings(render_unit({**WEB, "netns": "ns%1"}))
     assert unit["NetworkNamespacePath"] == ["/run/netns/ns%%1"]
+    assert unit["After"] == ["netns-expose-netns@ns\\x251.service"]
 
 
 def test_ports_given_as_text_are_ports():

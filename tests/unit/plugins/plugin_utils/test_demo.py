@@ -13,8 +13,10 @@ UNIT = "netns-expose-demo-{}.service".format
 
 def test_instances_with_ports_serve_and_the_others_go():
     plan = demo_plan([WEB, IDLE], found_units=[UNIT("idle"), UNIT("old")], exclusive=False)
-    assert plan["instances"] == [{"name": "web", "netns": "ns1", "tcp_ports": [9090], "udp_ports": [53]},
-                                 {"name": "idle", "netns": "ns2", "tcp_ports": [], "udp_ports": []}]
+    assert plan["instances"] == [{"name": "web", "netns": "ns1", "netns_unit": "netns-expose-netns@ns1.service",
+                                  "tcp_ports": [9090], "udp_ports": [53]},
+                                 {"name": "idle", "netns": "ns2", "netns_unit": "netns-expose-netns@ns2.service",
+                                  "tcp_ports": [], "udp_ports": []}]
     assert plan["serving_units"] == [UNIT("web")]
     # Not exclusive: a unit no instance lists stays.
     assert plan["going_units"] == [UNIT("idle")] and plan["script_stays"]

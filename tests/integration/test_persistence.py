@@ -1,0 +1,223 @@
+# Copyright: netns.expose contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the collection sets up comes back at boot, with no Ansible run: on booted machines, with real reboots.
+
+A lab of its own (master and slave machines, tests/lab/machines.yml): the master gets the
+recipe's service (ns1, tcp 8090 -> 9090, udp and icmp, the demo service as a systemd unit)
+from the collection's playbooks, then reboots, has its firewall reloaded, is taken back
+with `absent` or `persistent: false`, and reboots again. The tests run in order on the
+same master; each says what it expects to find.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+from conftest import REPO, failures, machine_lab_of_its_own, on
+from master_host import DEMO_REPLY
+
+import machines
+
+MASTER, SLAVE = "master", "slave"
+MASTER_IP = "10.211.55.122"
+EXPOSE, DEMO = REPO / "playbooks" / "expose.yml", REPO / "playbooks" / "demo.yml"
+# A host firewall of its own, loaded at boot as Docker's would be: FORWARD policy DROP and chains of its own.
+FOREIGN_RULES = """*filter
+:FORWARD DROP [0:0]
+:DOCKER-USER - [0:0]
+:DOCKER-FORWARD - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-FORWARD
+-A DOCKER-USER -j RETURN
+-A DOCKER-FORWARD -i docker0 -j ACCEPT
+COMMIT
+*nat
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A DOCKER -i docker0 -j RETURN
+COMMIT
+"""
+FOREIGN_UNIT = """[Unit]
+Description=the host's own firewall (Docker-like rules), as the lab test loads it
+After=nftables.service
+Before=network-pre.target
+Wants=network-pre.target
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=iptables-nft-restore --noflush /etc/lab-firewall.rules
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+class Master:
+    """The lab of two machines, and what the tests do to its master."""
+
+    def __init__(self, lab, ansible):
+        self.lab, self.ansible = lab, ansible
+
+    def converge(self, check=False, diff=False, **extra_vars):
+        """expose.yml then demo.yml; the run (which must not fail)."""
+        runs = [self.ansible.run_playbook(playbook, extra_vars=extra_vars or None, check=check, diff=diff)
+                for playbook in ((DEMO, EXPOSE) if extra_vars.get("expose_state") == "absent" else (EXPOSE, DEMO))]
+        for run in runs:
+            assert not failures(run), failures(run)
+        return runs
+
+    def changed(self, **extra_vars):
+        return [task["task"]["name"] for run in self.converge(**extra_vars) for play in run["plays"]
+                for task in play["tasks"] for result in task["hosts"].values() if result.get("changed")]
+
+    def reboot(self):
+        """Reboot the master; return when it has finished booting."""
+        self.lab.reboot(MASTER)
+
+    def files(self):
+        """{path: content} of every file the persistence may have written, as the master has them."""
+        found = on(self.lab, MASTER, "{ find /etc/netns-expose /etc/sysctl.d/90-netns-expose.conf \\( -type f -o -type l \\); "
+                   "find /etc/systemd/system -name '*netns-expose*' \\( -type f -o -type l \\); } 2>/dev/null "
+                   "| sort -u || true").split()
+        return {path: on(self.lab, MASTER, f"if [ -L {path} ]; then printf 'symlink to %s' $(readlink {path}); else cat {path}; fi")
+                for path in found}
+
+    def state(self):
+        """What of the collection is on the master now: namespaces, owned rules, ip_forward, active units."""
+        return {
+            "netns": on(self.lab, MASTER, "ip netns list").split(),
+            "rules": [line for line in on(self.lab, MASTER, "iptables-nft-save 2>/dev/null || true").splitlines()
+                      if "NETNS-EXPOSE" in line or "netns.expose" in line],
+            "ip_forward": on(self.lab, MASTER, "cat /proc/sys/net/ipv4/ip_forward").strip(),
+            "units": on(self.lab, MASTER, "systemctl list-units --all --plain --no-legend 'netns-expose*' "
+                                          "| awk '$3 == \"active\" {print $1}'").split(),
+        }
+
+    def foreign_rules(self):
+        """The master's rules that are not the collection's, without counters."""
+        lines = on(self.lab, MASTER, "iptables-nft-save").splitlines()
+        return [line.split(" [")[0] if line.startswith(":") else line for line in lines
+                if not line.startswith("#") and "NETNS-EXPOSE" not in line and "netns.expose" not in line]
+
+    def from_slave(self):
+        done = self.lab.exec(SLAVE, ["python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                                     f"'http://{MASTER_IP}:8090/', timeout=3).read().decode())"])
+        return done.stdout.strip() if done.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory, ansible_env):
+    with machine_lab_of_its_own("p", tmp_path_factory.mktemp("persistence"), ansible_env) as (lab, ansible):
+        yield Master(lab, ansible)
+
+
+def predicted_files(runs):
+    """The files the modules' diffs say a run writes ({path: content}), from a check run with --diff."""
+    predicted = {}
+    for run in runs:
+        for play in run["plays"]:
+            for task in play["tasks"]:
+                for result in task["hosts"].values():
+                    diff = result.get("diff")
+                    if isinstance(diff, dict) and "persisted files" in diff.get("after", {}):
+                        predicted.update(diff["after"]["persisted files"])
+    return predicted
+
+
+def test_a_check_run_predicts_the_files_that_the_run_writes(master):
+    # The packages first: check mode cannot look further on a host without them.
+    result = master.ansible.run_module(MASTER, "netns.expose.prerequisites", {"needs": ["pyroute2", "iptables", "conntrack"]})
+    assert not result["failed"], result
+    predicted = predicted_files(master.converge(check=True, diff=True))
+    assert master.files() == {}, "check mode wrote files"
+    assert "/etc/netns-expose/iptables.rules" in predicted and "/etc/netns-expose/netns/ns1.host" in predicted
+    master.converge()
+    written = master.files()
+    assert {path: content for path, content in written.items() if "demo" not in path} == predicted
+    assert master.from_slave() == DEMO_REPLY
+
+
+def test_a_reboot_brings_everything_back_with_no_ansible_run(master):
+    before = master.state()
+    assert before["netns"][0] == "ns1" and before["ip_forward"] == "1"
+    assert "netns-expose-demo-http-web.service" in before["units"]
+    poller = subprocess.Popen(master.lab.command(SLAVE, ["python3", "-c", machines.POLL_UNTIL_BACK, "120"]),  # pylint: disable=consider-using-with
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # the poller is asking before the reboot
+        master.reboot()
+        out, err = poller.communicate(timeout=150)
+    finally:
+        poller.kill()
+    answered, body = out.split(" ", 1) if out else (None, err)
+    assert body.strip() == DEMO_REPLY, f"the slave got no answer after the reboot: {err}"
+    boot_started = os.stat(master.lab.machine(MASTER).boots_file).st_mtime
+    seconds = float(answered) - boot_started
+    print(f"from the start of the boot to the first answer on the slave: {seconds:.2f} s")
+    assert 0 < seconds < 60
+    after = master.state()
+    assert after["netns"] == before["netns"] and after["ip_forward"] == "1"
+    assert sorted(after["rules"]) == sorted(before["rules"])
+    assert {"netns-expose-netns@ns1.service", "netns-expose-rules.service",
+            "netns-expose-demo-http-web.service"} <= set(after["units"])
+    assert master.changed() == [], "the run after the reboot changed something"
+
+
+def test_the_hosts_own_firewall_at_boot_stays_as_it_is_and_ours_works_too(master):
+    for path, text in (("/etc/lab-firewall.rules", FOREIGN_RULES), ("/etc/systemd/system/lab-firewall.service", FOREIGN_UNIT)):
+        assert master.lab.exec(MASTER, ["tee", path], input=text).returncode == 0
+    on(master.lab, MASTER, "systemctl daemon-reload; systemctl enable --quiet nftables.service lab-firewall.service")
+    try:
+        master.reboot()
+        foreign = master.foreign_rules()
+        assert ":FORWARD DROP" in foreign and "-A DOCKER-FORWARD -i docker0 -j ACCEPT" in foreign
+        assert master.from_slave() == DEMO_REPLY, "the mapping does not work through the host's FORWARD DROP"
+        master.reboot()
+        assert master.foreign_rules() == foreign, "the host's own rules changed across a reboot"
+        assert master.from_slave() == DEMO_REPLY
+    finally:
+        on(master.lab, MASTER, "systemctl disable --quiet nftables.service lab-firewall.service; "
+                               "rm -f /etc/lab-firewall.rules /etc/systemd/system/lab-firewall.service; "
+                               "systemctl daemon-reload; iptables-nft -P FORWARD ACCEPT")
+
+
+def test_a_firewall_reload_that_flushes_everything_brings_the_rules_back(master):
+    def loaded_at():
+        return on(master.lab, MASTER, "systemctl show --value --property=ActiveEnterTimestampMonotonic "
+                                      "netns-expose-rules.service").strip()
+
+    before = loaded_at()
+    on(master.lab, MASTER, "systemctl restart nftables.service")  # its ExecStart runs `flush ruleset`
+    assert loaded_at() != before, "the rules were not loaded again after the firewall reload"
+    assert master.state()["rules"], "the flush left no rule of the collection, and none came back"
+    assert master.from_slave() == DEMO_REPLY
+    # The control: without the unit, the same reload takes the mapping away (disabled, not only stopped:
+    # starting nftables.service starts the unit too, as its WantedBy= asks).
+    on(master.lab, MASTER, "systemctl disable --now --quiet netns-expose-rules.service; systemctl restart nftables.service")
+    assert master.state()["rules"] == [] and master.from_slave() is None
+    on(master.lab, MASTER, "systemctl enable --now --quiet netns-expose-rules.service")
+    assert master.from_slave() == DEMO_REPLY
+    assert master.changed() == [], "enable made other links than the run does"
+
+
+def test_persistent_false_leaves_a_host_that_loses_everything_at_reboot(master):
+    master.converge(expose_persistent=False)
+    assert [path for path in master.files() if "demo" not in path] == []
+    assert master.from_slave() == DEMO_REPLY, "the service still works until the reboot"
+    master.reboot()
+    state = master.state()
+    assert state["netns"] == [] and state["rules"] == [] and state["ip_forward"] == "0"
+    assert master.from_slave() is None
+    # Back to persistent, for the last test.
+    master.converge()
+    assert master.from_slave() == DEMO_REPLY
+
+
+def test_absent_then_a_reboot_leaves_nothing_of_the_collection(master):
+    master.converge(expose_state="absent")
+    assert master.files() == {}
+    master.reboot()
+    assert master.state() == {"netns": [], "rules": [], "ip_forward": "0", "units": []}
+    assert master.files() == {}
+    assert master.from_slave() is None
