@@ -1,7 +1,7 @@
 """Benchmark: dnat_rule against two baselines, for 1, 100 and 1,000 mappings.
 
     source hack/env.sh && python bench/dnat_bench.py [--sizes 1,100,1000] [--loop-max 100] [--repeat 3]
-                                                     [--collection DIR]
+                                                     [--backends iptables,nftables] [--collection DIR]
 
 Runs in a lab master of its own (namespaces; nothing on the machine itself) and
 prints one table. Times are wall-clock seconds of each step. The Ansible rows include
@@ -10,7 +10,8 @@ Ansible's own start-up and the controller's handling of the arguments; the
 entry point, python start-up included), which is the module time.
 Compare ratios within one run: the machine is shared and noisy.
 
-dnat_rule runs as users run it: deleting the conntrack entries of the mappings it
+dnat_rule runs with each of its backends (iptables: the owned chains, one iptables-restore;
+nftables: the owned table, one nft -f), as users run it: deleting the conntrack entries of the mappings it
 adds or removes (flush_conntrack, the default). Before each converge and each remove,
 the master's conntrack table gets one established flow per mapped port, and twice as
 many that are not the mappings' (udp to the same ports, tcp to port 443): the converge
@@ -55,24 +56,27 @@ def check_flows(bench, count, expected_mapped):
         raise AssertionError(f"conntrack after the run: {found}, expected {expected}")
 
 
-def converge_noop_remove(bench, run, count, flush):
+def converge_noop_remove(bench, run, count, flush, backend):
     """(converge, no-op, remove) seconds of one run of each step, flows present before converge and remove."""
     rules = mappings(count)
     scrub_netfilter(bench.lab)
     add_flows(bench, count)
-    converge, first = run({"rules": rules, "flush_conntrack": flush})
+    common = {"flush_conntrack": flush, "backend": backend}
+    converge, first = run({"rules": rules, **common})
+    if first["backend"] != backend:
+        raise AssertionError(f"dnat_rule ran with {first['backend']}, not {backend}")
     check_flows(bench, count, 0 if flush else count)
-    noop, again = run({"rules": rules, "flush_conntrack": flush})
+    noop, again = run({"rules": rules, **common})
     if not first["changed"] or again["changed"]:
         raise AssertionError(f"converge changed={first['changed']}, no-op changed={again['changed']}")
     add_flows(bench, count)
-    remove, _gone = run({"rules": [], "exclusive": True, "flush_conntrack": flush})
+    remove, _gone = run({"rules": [], "exclusive": True, **common})
     check_flows(bench, count, 0 if flush else count)
     return converge, noop, remove
 
 
-def median_runs(bench, count, flush, repeat):
-    runs = [converge_noop_remove(bench, bench.module_alone, count, flush) for _run in range(repeat)]
+def median_runs(bench, count, flush, repeat, backend):
+    runs = [converge_noop_remove(bench, bench.module_alone, count, flush, backend) for _run in range(repeat)]
     return tuple(statistics.median(step) for step in zip(*runs))
 
 
@@ -127,20 +131,23 @@ def main():
     parser.add_argument("--sizes", default="1,100,1000")
     parser.add_argument("--loop-max", type=int, default=100, help="largest size for the ansible.builtin.iptables loop")
     parser.add_argument("--repeat", type=int, default=3, help="module-alone runs per size (the median is printed)")
+    parser.add_argument("--backends", default="iptables,nftables", help="dnat_rule's backends, each in its rows")
     parser.add_argument("--collection", help="a checkout of the collection to benchmark instead of this one")
     args = parser.parse_args()
     with BenchLab("b", args.collection) as bench:
         startup, _r = timed(lambda: bench.ansible.run_playbook("- hosts: master\n  gather_facts: false\n  tasks: []\n"))
         rows = []
         for count in (int(size) for size in args.sizes.split(",")):
-            alone = median_runs(bench, count, True, args.repeat)
-            alone_off = median_runs(bench, count, False, args.repeat)
             deletion = deletion_alone(bench, count, args.repeat)
-            rows.append(("dnat_rule module alone", count, *alone,
-                         f"{alone[0] / alone[1]:.1f}x", f"{deletion:.2f}", f"{min(1.0, deletion / alone[0]):.0%}"))
-            rows.append(("  same, flush_conntrack: false", count, *alone_off, f"{alone_off[0] / alone_off[1]:.1f}x", "", ""))
-            task = converge_noop_remove(bench, bench.task, count, True)
-            rows.append(("dnat_rule (one task)", count, *task, f"{task[0] / task[1]:.1f}x", "", ""))
+            for backend in args.backends.split(","):
+                alone = median_runs(bench, count, True, args.repeat, backend)
+                alone_off = median_runs(bench, count, False, args.repeat, backend)
+                rows.append((f"dnat_rule {backend}, module alone", count, *alone,
+                             f"{alone[0] / alone[1]:.1f}x", f"{deletion:.2f}", f"{min(1.0, deletion / alone[0]):.0%}"))
+                rows.append(("  same, flush_conntrack: false", count, *alone_off, f"{alone_off[0] / alone_off[1]:.1f}x",
+                             "", ""))
+                task = converge_noop_remove(bench, bench.task, count, True, backend)
+                rows.append((f"dnat_rule {backend}, one task", count, *task, f"{task[0] / task[1]:.1f}x", "", ""))
             if count <= args.loop_max:
                 scrub_netfilter(bench.lab)
                 rows.append(("ansible.builtin.iptables loop", count, *bench_loop(bench, count), "", "", ""))
@@ -148,11 +155,11 @@ def main():
             rows.append(("shell, one iptables per rule", count, *bench_shell(bench, count), "", "", ""))
         print(f"\ncollection: {bench.collection}")
         print(f"Ansible start-up (empty play): {startup:.2f} s, included in the Ansible rows\n")
-        print(f"{'method':<32}{'rules':>7}{'converge s':>12}{'no-op s':>10}{'remove s':>10}"
+        print(f"{'method':<36}{'rules':>7}{'converge s':>12}{'no-op s':>10}{'remove s':>10}"
               f"{'converge/no-op':>16}{'deletion s':>12}{'of converge':>13}")
         for method, count, converge, noop, remove, ratio, deletion, deletion_share in rows:
             noop_text = "-" if noop is None else f"{noop:.2f}"
-            print(f"{method:<32}{count:>7}{converge:>12.2f}{noop_text:>10}{remove:>10.2f}{ratio:>16}"
+            print(f"{method:<36}{count:>7}{converge:>12.2f}{noop_text:>10}{remove:>10.2f}{ratio:>16}"
                   f"{deletion:>12}{deletion_share:>13}")
         print("\ndeletion s: the collection's deletion of the mappings' flows alone (one per mapping, among twice as many "
               "that stay), in the master; of converge: its share of the module-alone converge.")

@@ -1,12 +1,18 @@
 """Benchmark: what dnat_rule's mappings cost the traffic that crosses the master, for 1, 100 and 1,000 mappings.
 
-    source hack/env.sh && python bench/dnat_dataplane.py [--sizes 1,100,1000] [--seconds 3] [--collection DIR]
+    source hack/env.sh && python bench/dnat_dataplane.py [--sizes 1,100,1000] [--seconds 3]
+        [--backends iptables,nftables] [--layouts dense,spread] [--collection DIR]
 
 In a lab of its own (namespaces; nothing on the machine itself): the master has the
 recipe's ns1 (10.244.1.2 behind veth1b), with bench/dataplane_traffic.py serving tcp on
 9090 and 9091 in it; its FORWARD policy is DROP, with a foreign rule that accepts only
-the routed traffic to and from 10.244.1.2:9091. The mappings are tcp 10000.. on the
-master, in_interface eth0, to 10.244.1.2:9090 (as bench/dnat_bench.py makes them).
+the routed traffic to and from 10.244.1.2:9091. The mappings are tcp ports of the master,
+in_interface eth0, to 10.244.1.2:9090, made by each backend of dnat_rule in turn, in two layouts:
+
+- dense:  ports 10000.. one after the other (as bench/dnat_bench.py makes them);
+- spread: ports 1024, 1088, 1152.., 64 apart, so that no two share a range of 64 ports, which
+          is how the iptables backend groups its DNAT rules: its first packet of a flow then walks
+          one jump per mapping, as a single linear chain would. nftables looks the port up in a map.
 From the slave, side by side (the targets take turns, operation by operation), it measures:
 
 - first:  through the first mapping (master:10000), the first rule of the chains;
@@ -44,8 +50,13 @@ ROUTED_ONLY = [["FORWARD", "-d", f"{NS_IP}/32", "-p", "tcp", "-m", "tcp", "--dpo
 METRICS = (("conn", "new connections/s"), ("rr", "request/response us"), ("tput", "throughput MB/s"))
 
 
-def mappings(count):
-    return [dict(name=f"m{i}", protocol="tcp", port=FIRST_PORT + i, to_address=NS_IP, to_port=MAPPED_PORT,
+# The host port of mapping i in each layout.
+LAYOUTS = {"dense": lambda i: FIRST_PORT + i, "spread": lambda i: 1024 + 64 * i}
+
+
+def mappings(count, layout="dense"):
+    port = LAYOUTS[layout]
+    return [dict(name=f"m{i}", protocol="tcp", port=port(i), to_address=NS_IP, to_port=MAPPED_PORT,
                  in_interface="eth0") for i in range(count)]
 
 
@@ -108,8 +119,12 @@ def main():
     parser.add_argument("--sizes", default="1,100,1000")
     parser.add_argument("--seconds", type=float, default=3.0, help="per metric and size, for the three targets together")
     parser.add_argument("--cpu", default=str(os.cpu_count() - 1), help="the CPU that the client and the server run on")
+    parser.add_argument("--backends", default="iptables,nftables", help="dnat_rule's backends, in turn")
+    parser.add_argument("--layouts", default="dense,spread", help=f"the layouts of the ports ({', '.join(LAYOUTS)})")
     parser.add_argument("--collection", help="a checkout of the collection to benchmark instead of this one")
     args = parser.parse_args()
+    if any(int(size) > 1000 for size in args.sizes.split(",")) and "spread" in args.layouts:
+        parser.error("--layouts spread has room for 1000 mappings at most")
     rows = []
     with BenchLab("d", args.collection) as bench:
         scrub_netfilter(bench.lab)
@@ -118,16 +133,23 @@ def main():
         firewall(bench)
         with server(bench, args.cpu):
             routed = f"{NS_IP}:{ROUTED_PORT}"
-            rows.append((0, measure(bench, {"routed": routed}, args.seconds, args.cpu)))
-            for count in (int(size) for size in args.sizes.split(",")):
-                bench.module_alone({"rules": mappings(count), "exclusive": True, "flush_conntrack": False})
-                targets = {"first": f"{MASTER_IP}:{FIRST_PORT}", "last": f"{MASTER_IP}:{FIRST_PORT + count - 1}",
-                           "routed": routed}
-                rows.append((count, measure(bench, targets, args.seconds, args.cpu)))
-            bench.module_alone({"rules": [], "exclusive": True, "flush_conntrack": False})
+            rows.append(("-", "-", 0, measure(bench, {"routed": routed}, args.seconds, args.cpu)))
+            for backend in args.backends.split(","):
+                for layout in args.layouts.split(","):
+                    for count in (int(size) for size in args.sizes.split(",")):
+                        rules = mappings(count, layout)
+                        args_of_run = {"rules": rules, "exclusive": True, "flush_conntrack": False, "backend": backend}
+                        _seconds, result = bench.module_alone(args_of_run)
+                        if result.get("backend") != backend:
+                            raise RuntimeError(f"dnat_rule ran with {result.get('backend')}, not {backend}: {result}")
+                        targets = {"first": f"{MASTER_IP}:{rules[0]['port']}", "last": f"{MASTER_IP}:{rules[-1]['port']}",
+                                   "routed": routed}
+                        rows.append((backend, layout, count, measure(bench, targets, args.seconds, args.cpu)))
+                bench.module_alone({"rules": [], "exclusive": True, "flush_conntrack": False, "backend": backend})
     print(f"\ncollection: {bench.collection}\n")
-    print(f"{'mappings':>8}  {'metric':<22}{'first':>9}{'last':>9}{'routed':>9}{'last/first':>12}{'routed/first':>14}")
-    for count, medians in rows:
+    print(f"{'backend':<10}{'layout':<8}{'mappings':>8}  {'metric':<22}{'first':>9}{'last':>9}{'routed':>9}"
+          f"{'last/first':>12}{'routed/first':>14}")
+    for backend, layout, count, medians in rows:
         for metric, label in METRICS:
             routed = medians[(metric, "routed")]
             cells = [f"{medians[(metric, name)]:>9.0f}" if (metric, name) in medians else f"{'-':>9}"
@@ -137,7 +159,7 @@ def main():
                 ratios = f"{last / first:>12.2f}{routed / first:>14.2f}"
             else:
                 ratios = f"{'-':>12}{'-':>14}"
-            print(f"{count:>8}  {label:<22}{''.join(cells)}{ratios}")
+            print(f"{backend:<10}{layout:<8}{count:>8}  {label:<22}{''.join(cells)}{ratios}")
     print("\nRatios are of the values shown, side by side in the same row: for connections/s and MB/s below 1 is "
           "slower, for request/response microseconds above 1 is slower.")
 

@@ -34,6 +34,7 @@ from ansible_collections.netns.expose.plugins.module_utils._iptables import (
     OwnedRules,
     jump_line,
     owned_rules,
+    parse_save,
     restore_script,
     rule_comment,
 )
@@ -288,13 +289,50 @@ def check_distinct(mappings, label, keys=True):
             seen_keys[mapping.key] = index
 
 
-def _mapping_rules(mapping, spec):
+@dataclass(frozen=True)
+class Setup:
+    """How a mapping is set up besides what it matches and where it sends its traffic: the bit of the conntrack
+    mark its flows get (None: accept_forward false), hairpin, and the hairpin sources (used only by a mapping
+    with in_interface). The same for both backends: what a mapping moved from one to the other keeps."""
+
+    mark: int | None = DEFAULT_CONNMARK
+    hairpin: bool = True
+    sources: tuple = ()
+
+    def of(self, mapping):
+        """This setup as it applies to `mapping`: sources only where they make rules (hairpin, in_interface)."""
+        sources = tuple(sorted(set(self.sources))) if self.hairpin and mapping.in_interface else ()
+        return Setup(self.mark, self.hairpin, sources)
+
+
+def setup_of(spec):
+    """The setup the run gives the mappings it lists."""
+    return Setup(mark=spec.connmark if spec.accept_forward else None, hairpin=spec.hairpin,
+                 sources=tuple(spec.hairpin_sources))
+
+
+def declared_mappings(spec):
+    """[(mapping, setup)] of the mappings the run declares present (none with state absent)."""
+    if spec.state != "present":
+        return []
+    setup = setup_of(spec)
+    return [(mapping, setup.of(mapping)) for mapping in spec.mappings]
+
+
+def kept_mappings(spec, by_name):
+    """{name: items} of the owned mappings the run leaves as they are: not listed, and not exclusive."""
+    if spec.exclusive:
+        return {}
+    listed = {mapping.name for mapping in spec.mappings}
+    return {name: items for name, items in by_name.items() if name is not None and name not in listed}
+
+
+def _mapping_rules(mapping, setup):
     """table -> chain -> the mapping's rules there, in order."""
-    mark = spec.connmark if spec.accept_forward else None
-    prerouting = mapping.prerouting_rules(mark)
+    prerouting = mapping.prerouting_rules(setup.mark)
     rules = {"nat": {}}
-    if spec.hairpin:
-        prerouting += mapping.hairpin_prerouting_rules(spec.hairpin_sources, mark)
+    if setup.hairpin:
+        prerouting += mapping.hairpin_prerouting_rules(setup.sources, setup.mark)
         rules["nat"][POSTROUTING_CHAIN] = [mapping.hairpin_masquerade_rule()]
     rules["nat"][mapping.chain(PREROUTING_CHAIN)] = prerouting
     if mapping.local:
@@ -337,11 +375,9 @@ def shared_rules(owned):
                   if rule_comment(line) == OWNER_COMMENT)
 
 
-def _key_of_rule(line):
-    """(protocol, port, destination, in_interface) of an owned PREROUTING rule line.
-
-    What it reads comes before the comment (the only quoted part) in the rules of a mapping.
-    """
+def _flags_of_rule(line):
+    """{flag: value} of what comes before the comment (the only quoted part) of a rule of a mapping; a negated
+    flag ('! -d 127.0.0.0/8') is left out."""
     tokens = line.split(" -m comment ", 1)[0].split()
     values = {}
     negated = False
@@ -352,9 +388,56 @@ def _key_of_rule(line):
             negated = False
         else:
             values.setdefault(flag, value)
+    return values
+
+
+def _key_of_rule(line):
+    """(protocol, port, destination, in_interface) of an owned PREROUTING rule line."""
+    values = _flags_of_rule(line)
     port = values.get("--dport")
     destination = values.get("-d")
     return (values.get("-p"), int(port) if port else None, destination[:-3] if destination else None, values.get("-i"))
+
+
+_DNAT_TARGET = re.compile(r" -j DNAT --to-destination (\d+\.\d+\.\d+\.\d+)(?::(\d+))?$")
+
+
+def mapping_of_rules(name, lines):
+    """(Mapping, Setup) that the rule lines of one mapping make, or None when they have no DNAT rule to read
+    it from: what moves a mapping of the iptables backend to the other one."""
+    main = None
+    mark = None
+    sources = []
+    local = hairpin = False
+    for line in lines:
+        if chain_of(line) == POSTROUTING_CHAIN:
+            hairpin = hairpin or line.endswith(" -j MASQUERADE")
+            continue
+        bucket = BUCKET_CHAIN.match(chain_of(line))
+        if bucket is not None and bucket.group(1) == LOCAL_CHAIN or chain_of(line) == LOCAL_CHAIN:
+            local = True
+            continue
+        if not is_prerouting_rule(line):
+            continue
+        found = _SET_MARK.search(line)
+        if found and found.group(1) == found.group(2):
+            mark = int(found.group(1), 16)
+            continue
+        target = _DNAT_TARGET.search(line)
+        if target is None:
+            continue
+        source = _flags_of_rule(line).get("-s")
+        if source:
+            sources.append(source)
+        elif main is None:
+            main = (_key_of_rule(line), target.group(1), target.group(2))
+    if main is None:
+        return None
+    (protocol, port, destination, in_interface), to_address, to_port = main
+    mapping = Mapping(name=name, protocol=protocol, port=port, to_address=to_address,
+                      to_port=int(to_port) if to_port else None, destination=destination,
+                      in_interface=in_interface, local=local)
+    return mapping, Setup(mark, hairpin or bool(sources), tuple(sources)).of(mapping)
 
 
 @dataclass
@@ -371,13 +454,41 @@ class DnatSpec:
     persistent: bool = False
 
 
-def desired_rules(spec, current_by_name, mark_ip_forward):
-    """The owned rules after the run: kept mappings as they are, listed ones as declared, and what they share."""
-    listed = {mapping.name for mapping in spec.mappings}
-    kept = {} if spec.exclusive else {
-        name: lines for name, lines in current_by_name.items() if name is not None and name not in listed
-    }
-    desired = OwnedRules(chains={table: {} for table in OWNED_CHAINS}, jumps={table: {} for table in OWNED_CHAINS})
+def _empty_rules():
+    return OwnedRules(chains={table: {} for table in OWNED_CHAINS}, jumps={table: {} for table in OWNED_CHAINS})
+
+
+def _add_jumps(desired):
+    for (table, builtin), chain in JUMPS.items():
+        if desired.chains[table].get(chain):
+            desired.jumps[table][builtin] = jump_line(builtin, chain)
+    return desired
+
+
+def forward_rules(marks):
+    """Only the FORWARD accept of the flows that carry one of `marks`: what the nftables backend keeps in
+    iptables on a host whose iptables FORWARD policy is DROP (an accept in another table would not stop it)."""
+    desired = _empty_rules()
+    if marks:
+        desired.chains["filter"][FORWARD_CHAIN] = [forward_accept_rule(mark) for mark in sorted(marks)]
+    return _add_jumps(desired)
+
+
+def marks_of(owned):
+    """The bits of the conntrack mark that the owned nat rules set."""
+    marks = set()
+    for lines in owned.chains.get("nat", {}).values():
+        for line in lines:
+            found = _SET_MARK.search(line)
+            if found and found.group(1) == found.group(2):
+                marks.add(int(found.group(1), 16))
+    return marks
+
+
+def render_rules(kept, mappings, mark_ip_forward):
+    """The owned rules after the run: `kept` ({name: lines}) as they are, `mappings` ([(Mapping, Setup)]) as
+    they set them up, what they share, and the ip_forward marker (mark_ip_forward)."""
+    desired = _empty_rules()
 
     def add(table, chain, line):
         desired.chains[table].setdefault(chain, []).append(line)
@@ -385,30 +496,26 @@ def desired_rules(spec, current_by_name, mark_ip_forward):
     for lines in kept.values():
         for line in lines:
             add("filter" if line.startswith(f"-A {FORWARD_CHAIN} ") else "nat", chain_of(line), line)
-    if spec.state == "present":
-        for mapping in spec.mappings:
-            for table, chains in _mapping_rules(mapping, spec).items():
-                for chain, lines in chains.items():
-                    for line in lines:
-                        add(table, chain, line)
-    has_mappings = bool(kept) or (spec.state == "present" and bool(spec.mappings))
+    for mapping, setup in mappings:
+        for table, chains in _mapping_rules(mapping, setup).items():
+            for chain, lines in chains.items():
+                for line in lines:
+                    add(table, chain, line)
     nat = desired.chains["nat"]
     for chain in sorted((chain for chain in nat if BUCKET_CHAIN.match(chain)), key=_range_order):
         add("nat", BUCKET_CHAIN.match(chain).group(1), dispatch_rule(chain))
-    marks = set()
-    for lines in nat.values():
-        for line in lines:
-            found = _SET_MARK.search(line)
-            if found and found.group(1) == found.group(2):
-                marks.add(int(found.group(1), 16))
-    for mark in sorted(marks):
+    for mark in sorted(marks_of(desired)):
         add("filter", FORWARD_CHAIN, forward_accept_rule(mark))
-    if mark_ip_forward and has_mappings:
+    if mark_ip_forward:
         add("nat", PREROUTING_CHAIN, IP_FORWARD_MARK)
-    for (table, builtin), chain in JUMPS.items():
-        if desired.chains[table].get(chain):
-            desired.jumps[table][builtin] = jump_line(builtin, chain)
-    return desired
+    return _add_jumps(desired)
+
+
+def desired_rules(spec, current_by_name, mark_ip_forward):
+    """The owned rules after the run: kept mappings as they are, listed ones as declared, and what they share."""
+    kept = kept_mappings(spec, current_by_name)
+    declared = declared_mappings(spec)
+    return render_rules(kept, declared, mark_ip_forward and bool(kept or declared))
 
 
 def _range_order(chain):
@@ -416,18 +523,16 @@ def _range_order(chain):
     return (parent, protocol or "", int(first or 0))
 
 
-def check_conflicts(spec, current_by_name):
-    """Refuse a mapping that would match the same packets as another owned mapping that stays."""
+def check_conflicts(spec, current_keys):
+    """Refuse a mapping that would match the same packets as another owned mapping that stays.
+
+    current_keys: {name: the keys (protocol, port, destination, in_interface) its rules match}."""
     if spec.state != "present":
         return
-    listed = {mapping.name for mapping in spec.mappings}
     taken = {}
-    if not spec.exclusive:
-        for name, lines in current_by_name.items():
-            if name is not None and name not in listed:
-                for line in lines:
-                    if is_prerouting_rule(line):
-                        taken[_key_of_rule(line)] = name
+    for name in kept_mappings(spec, current_keys):
+        for key in current_keys[name]:
+            taken[key] = name
     for index, mapping in enumerate(spec.mappings):
         other = taken.get(mapping.key)
         if other is not None:
@@ -444,15 +549,6 @@ def _skeleton(owned):
         "chains": sorted(f"{table} {chain}" for table, chains in owned.chains.items() for chain in chains),
         "jumps": sorted(line for table_jumps in owned.jumps.values() for line in table_jumps.values()),
         "shared_rules": shared_rules(owned),
-    }
-
-
-def _view(by_name, owned, ip_forward):
-    return {
-        "mappings": {name: lines for name, lines in by_name.items() if name is not None},
-        "stray_rules": by_name.get(None, []),
-        **_skeleton(owned),
-        "ip_forward": ip_forward,
     }
 
 
@@ -512,57 +608,198 @@ def _plan_conntrack(plan, conntrack, keys):
              "so that flows older than the change meet the new rules", partial(_delete_flows, conntrack, keys, entries))
 
 
-def build_plan(backend, spec, dump, ip_forward, conntrack=None, systemd=None):
-    """Plan every change of the run from one iptables-save dump and the ip_forward value.
+class IptablesRuleset:
+    """The iptables backend as the planner sees it: the owned chains of one variant, read from one dump.
 
+    Each backend's ruleset offers the same calls: by_name, forward_marker, marks, render (the owned state after
+    the run), render_other (what it keeps while the other backend has the mappings), check, keys, flow_keys,
+    parse, view, plan_stray, plan_skeleton, plan_commit and boot_part; plan_dnat does the rest, once for both.
+    A ruleset that is not the run's backend shows in the view under `root` (its own key).
+    """
+
+    noun = "rules"
+
+    def __init__(self, backend, dump, root=()):
+        self.backend = backend
+        self.dump = dump
+        self.root = tuple(root)
+        self.current = owned_rules(dump, OWNED_CHAINS)
+
+    @property
+    def title(self):
+        return f"iptables-{self.backend.variant}"
+
+    @property
+    def variant(self):
+        return self.backend.variant
+
+    @staticmethod
+    def by_name(state):
+        return rules_by_mapping(state)
+
+    @staticmethod
+    def forward_marker(state):
+        return IP_FORWARD_MARK in state.chains.get("nat", {}).get(PREROUTING_CHAIN, [])
+
+    @staticmethod
+    def marks(state):
+        return marks_of(state)
+
+    @staticmethod
+    def render(kept, mappings, mark_ip_forward):
+        return render_rules(kept, mappings, mark_ip_forward)
+
+    def forward_policy(self):
+        return self.dump.policies.get("filter", {}).get("FORWARD")
+
+    def render_other(self, marks):
+        """While the nftables backend has the mappings: only the FORWARD accept, where the FORWARD policy is DROP."""
+        return forward_rules(marks if self.forward_policy() == "DROP" else ())
+
+    def check(self, desired):
+        pass
+
+    @staticmethod
+    def keys(lines):
+        return {_key_of_rule(line) for line in lines if is_prerouting_rule(line)}
+
+    @staticmethod
+    def flow_keys(lines):
+        return _conntrack_keys(lines)
+
+    @staticmethod
+    def parse(name, lines):
+        return mapping_of_rules(name, lines)
+
+    def _suffix(self):
+        return f" ({self.title})" if self.root else ""
+
+    def view(self, state, by_name):
+        body = {"stray_rules": by_name.get(None, []), **_skeleton(state)}
+        if not self.root:
+            return body
+        return {self.root[0]: body} if any(body.values()) else {}
+
+    def plan_stray(self, plan, by_name):
+        if None in by_name:
+            plan.add(f"remove {len(by_name[None])} rules that belong to no mapping from the netns.expose chains"
+                     + self._suffix(), None, {(*self.root, "stray_rules"): []})
+
+    def plan_skeleton(self, plan, desired):
+        skeleton = _skeleton(desired)
+        if skeleton != _skeleton(self.current):
+            plan.add("update the netns.expose chains and the jumps to them" + self._suffix(), None,
+                     {(*self.root, key): value for key, value in skeleton.items()})
+
+    def plan_commit(self, plan, desired):
+        script, counts = restore_script(self.current, desired)
+        if script:
+            summary = ", ".join(f"{table} +{added} -{deleted}" for table, (added, deleted) in sorted(counts.items()))
+            plan.add(
+                f"commit the rule changes in one iptables-restore --noflush transaction ({self.variant}: {summary})",
+                partial(commit_with_rollback, self.backend, self.current, script),
+            )
+
+    def rules_file(self):
+        """The file of the owned rules for boot: RULES_FILE for the iptables backend; under the nftables backend,
+        one per variant (it holds only the FORWARD accept)."""
+        if not self.root:
+            return RULES_FILE
+        return os.path.join(os.path.dirname(RULES_FILE), f"iptables-{self.variant}.rules")
+
+    def boot_part(self, desired):
+        if desired.is_empty():
+            return None
+        variant = self.variant
+        path = self.rules_file()
+        pre = [f"ExecStartPre=-iptables-{variant} -t {table} -D{line[2:]}"
+               for table, jumps in sorted(desired.jumps.items()) for line in jumps.values()]
+        service = IPTABLES_SERVICE.format(pre="\n".join(pre), variant=variant, wait=XTABLES_LOCK_WAIT, rules=path)
+        return BootPart(label=f"iptables-{variant}", path=path, content=restore_script(OwnedRules(), desired)[0],
+                        service=service, after=FLUSHING_FIREWALLS[variant], part_of=FLUSHING_FIREWALLS[variant])
+
+
+def plan_dnat(active, spec, ip_forward, conntrack=None, systemd=None, others=()):
+    """Plan every change of the run, for the backend `active` (a ruleset such as IptablesRuleset, read already).
+
+    others: the rulesets of the other backend (and iptables variants) on the host: their mappings move to
+    `active`, and they keep only what render_other says (nothing, or a FORWARD accept).
     conntrack: a ConntrackTable, for deleting the flows of the mappings that change (or None).
     systemd: a _persist.Systemd where systemd runs (the files for boot are planned), else None.
     """
-    current = owned_rules(dump, OWNED_CHAINS)
-    current_by_name = rules_by_mapping(current)
-    check_conflicts(spec, current_by_name)
-    had_mark = IP_FORWARD_MARK in current.chains.get("nat", {}).get(PREROUTING_CHAIN, [])
+    rulesets = (active, *others)
+    current_by = [ruleset.by_name(ruleset.current) for ruleset in rulesets]
+    origin = {}  # name -> index of the ruleset whose copy counts (the active backend's first)
+    for index in reversed(range(len(rulesets))):
+        for name in current_by[index]:
+            if name is not None:
+                origin[name] = index
+    current_items = {name: current_by[index][name] for name, index in origin.items()}
+    check_conflicts(spec, {name: rulesets[origin[name]].keys(items) for name, items in current_items.items()})
+
+    warnings = []
+    kept, moved = {}, []
+    for name, items in sorted(kept_mappings(spec, current_items).items()):
+        if origin[name] == 0:
+            kept[name] = items
+            continue
+        parsed = rulesets[origin[name]].parse(name, items)
+        if parsed is None:
+            warnings.append(f"mapping {name} of {rulesets[origin[name]].title} has no translation left to move to "
+                            f"{active.title}: it is removed")
+        else:
+            moved.append(parsed)
+    declared = declared_mappings(spec)
+    had_mark = any(ruleset.forward_marker(ruleset.current) for ruleset in rulesets)
     wants_forward = spec.ip_forward and spec.state == "present" and ip_forward != 1
-    desired = desired_rules(spec, current_by_name, mark_ip_forward=had_mark or wants_forward)
-    desired_by_name = rules_by_mapping(desired)
+    desired = active.render(kept, moved + declared, (had_mark or wants_forward) and bool(kept or moved or declared))
+    desired_by_name = active.by_name(desired)
     has_mappings = any(name is not None for name in desired_by_name)
+    marks = active.marks(desired)
+    desired_all = [desired, *(other.render_other(marks) for other in others)]
+    active.check(desired)
     # Forwarding goes on only for a mapping, and always with the marker that remembers it.
     turn_forward_on = wants_forward and has_mappings
     # The last mapping is going: put ip_forward back if the collection turned it on.
     restore_forward = had_mark and not has_mappings and ip_forward != 0
 
-    plan = DnatPlan(_view(current_by_name, current, ip_forward))
-    script, counts = restore_script(current, desired)
+    view = {"mappings": dict(current_items)}
+    for ruleset, by_name in zip(rulesets, current_by):
+        view.update(ruleset.view(ruleset.current, by_name))
+    view["ip_forward"] = ip_forward
+    plan = DnatPlan(view)
+    plan.warnings.extend(warnings)
     described = {mapping.name: mapping.summary() for mapping in spec.mappings}
+    set_up = {mapping.name: (mapping, setup) for mapping, setup in moved + declared}
     touched_flows = set()
-    for name in sorted(name for name in set(current_by_name) | set(desired_by_name) if name is not None):
-        before, after = current_by_name.get(name), desired_by_name.get(name)
+    for name in sorted(name for name in set(current_items) | set(desired_by_name) if name is not None):
+        before, after = current_items.get(name), desired_by_name.get(name)
+        source = rulesets[origin[name]] if name in origin else active
+        detail = f" ({described[name]})" if name in described else ""
+        if before is not None and after is not None and source is not active:
+            # The same translation in the other backend: its flows stay as they are.
+            if source.parse(name, before) != set_up.get(name):
+                touched_flows |= source.flow_keys(before) | active.flow_keys(after)
+            plan.add(f"move mapping {name} to {active.title}{detail}", None, {("mappings", name): after})
+            continue
         if before == after:
             continue
-        touched_flows |= _conntrack_keys((before or []) + (after or []))
+        touched_flows |= (source.flow_keys(before) if before else set()) | (active.flow_keys(after) if after else set())
         if after is None:
             plan.add(f"remove mapping {name}", None, {("mappings", name): REMOVE})
             continue
         if before is None:
             verb = "add"
         elif set(before) < set(after):
-            verb = "restore missing rules of"
+            verb = f"restore missing {active.noun} of"
         else:
             verb = "update"
-        detail = f" ({described[name]})" if name in described else ""
         plan.add(f"{verb} mapping {name}{detail}", None, {("mappings", name): after})
-    if None in current_by_name:
-        plan.add(f"remove {len(current_by_name[None])} rules that belong to no mapping from the netns.expose chains",
-                 None, {("stray_rules",): []})
-    skeleton = _skeleton(desired)
-    if any(plan.after[key] != value for key, value in skeleton.items()):
-        plan.add("update the netns.expose chains and the jumps to them", None, {(key,): value for key, value in skeleton.items()})
-    if script:
-        summary = ", ".join(f"{table} +{added} -{deleted}" for table, (added, deleted) in sorted(counts.items()))
-        plan.add(
-            f"commit the rule changes in one iptables-restore --noflush transaction ({backend.variant}: {summary})",
-            partial(commit_with_rollback, backend, current, script),
-        )
+    for ruleset, by_name, wanted in zip(rulesets, current_by, desired_all):
+        ruleset.plan_stray(plan, by_name)
+        ruleset.plan_skeleton(plan, wanted)
+    for ruleset, wanted in zip(rulesets, desired_all):
+        ruleset.plan_commit(plan, wanted)
     if spec.flush_conntrack:
         _plan_conntrack(plan, conntrack, touched_flows)
     if turn_forward_on:
@@ -571,7 +808,9 @@ def build_plan(backend, spec, dump, ip_forward, conntrack=None, systemd=None):
         plan.add("set net.ipv4.ip_forward = 0 (restoring the value before the first mapping)",
                  partial(write_ip_forward, 0), {("ip_forward",): 0})
     if systemd is not None:
-        plan_persistence(plan, backend.variant, desired, spec.persistent, systemd)
+        parts = [part for part in (ruleset.boot_part(wanted) for ruleset, wanted in zip(rulesets, desired_all)) if part]
+        wanted_files = boot_files(parts, active.forward_marker(desired)) if spec.persistent else {}
+        plan_boot(plan, wanted_files, systemd)
     elif spec.persistent and has_mappings:
         plan.warnings.append(
             "persistent: systemd is not the service manager of this host (no /run/systemd/system), so nothing is "
@@ -579,69 +818,100 @@ def build_plan(backend, spec, dump, ip_forward, conntrack=None, systemd=None):
     return plan
 
 
+def build_plan(backend, spec, dump, ip_forward, conntrack=None, systemd=None):
+    """Plan every change of a run of the iptables backend from one iptables-save dump and the ip_forward value."""
+    return plan_dnat(IptablesRuleset(backend, dump), spec, ip_forward, conntrack=conntrack, systemd=systemd)
+
+
 # Persistence (option persistent): at boot, and after a firewall reload flushed everything,
-# systemd loads the owned chains and jumps from a file that holds only them, and
-# systemd-sysctl turns ip_forward on when the collection turned it on.
+# systemd loads the owned rules from files that hold only them (the owned chains and jumps,
+# or the owned nftables table), and systemd-sysctl turns ip_forward on when the collection
+# turned it on.
 RULES_UNIT = "netns-expose-rules.service"
 RULES_FILE = os.path.join(_persist.STATE_DIR, "iptables.rules")
+NFT_RULES_FILE = os.path.join(_persist.STATE_DIR, "nftables.nft")
 SYSCTL_FILE = "/etc/sysctl.d/90-netns-expose.conf"
 # The firewall loaders that flush the rules: the unit loads after them, and again when they restart.
 FLUSHING_FIREWALLS = {"nft": ("nftables.service", "netfilter-persistent.service"), "legacy": ("netfilter-persistent.service",)}
+IPTABLES_SERVICE = """# The jumps, if any are left: restore appends them again. The owned chains are flushed by restore.
+{pre}
+ExecStart=iptables-{variant}-restore --noflush --wait {wait} {rules}
+"""
 RULES_UNIT_TEXT = """[Unit]
-Description=netns.expose: the port mappings of the collection (iptables-{variant}, {rules})
-Documentation=file:{rules}
+Description=netns.expose: the port mappings of the collection ({what})
+Documentation={documentation}
 After={after}
 Before=network-online.target
 PartOf={part_of}
-ConditionPathExists={rules}
+ConditionPathExists={condition}
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-# The jumps, if any are left: restore appends them again. The owned chains are flushed by restore.
-{pre}
-ExecStart=iptables-{variant}-restore --noflush --wait {wait} {rules}
-
+{service}
 [Install]
 WantedBy=multi-user.target {part_of}
 """
 
 
-def persisted_files(variant, desired):
-    """{path: content} that bring `desired` (the owned rules after the run) back at boot."""
-    if desired.is_empty():
+@dataclass
+class BootPart:
+    """What one backend brings back at boot: its file, the unit's lines that load it, and the firewall
+    loaders that flush it (the unit is ordered after `after`, and is part of `part_of`)."""
+
+    label: str
+    path: str
+    content: str
+    service: str
+    after: tuple
+    part_of: tuple
+
+
+def boot_files(parts, ip_forward_marked):
+    """{path: content} of the files and links that load `parts` (the first is the run's backend) at boot."""
+    if not parts:
         return {}
     header = _persist.HEADER.format(module="dnat_rule")
-    firewalls = FLUSHING_FIREWALLS[variant]
-    delete_jumps = [f"ExecStartPre=-iptables-{variant} -t {table} -D{line[2:]}"
-                    for table, jumps in sorted(desired.jumps.items()) for line in jumps.values()]
-    after = " ".join(("network-pre.target", *firewalls, "firewalld.service"))
-    unit = header + RULES_UNIT_TEXT.format(variant=variant, rules=RULES_FILE, wait=XTABLES_LOCK_WAIT, after=after,
-                                           part_of=" ".join(firewalls), pre="\n".join(delete_jumps))
-    files = {
-        RULES_FILE: header + restore_script(OwnedRules(), desired)[0],
-        os.path.join(_persist.UNIT_DIR, RULES_UNIT): unit,
-    }
-    for target in ("multi-user.target", *firewalls):
+    part_of = tuple(dict.fromkeys(unit for part in parts for unit in part.part_of))
+    after = ("network-pre.target", *dict.fromkeys(unit for part in parts for unit in part.after), "firewalld.service")
+    unit = header + RULES_UNIT_TEXT.format(
+        what="; ".join(f"{part.label}, {part.path}" for part in parts),
+        documentation=" ".join(f"file:{part.path}" for part in parts),
+        after=" ".join(after), part_of=" ".join(part_of), condition=parts[0].path,
+        service="".join(part.service for part in parts))
+    files = {part.path: header + part.content for part in parts}
+    files[os.path.join(_persist.UNIT_DIR, RULES_UNIT)] = unit
+    for target in ("multi-user.target", *part_of):
         files[os.path.join(_persist.UNIT_DIR, f"{target}.wants", RULES_UNIT)] = _persist.Link(
             os.path.join(_persist.UNIT_DIR, RULES_UNIT))
-    if IP_FORWARD_MARK in desired.chains.get("nat", {}).get(PREROUTING_CHAIN, []):
+    if ip_forward_marked:
         files[SYSCTL_FILE] = header + "# The collection turned forwarding on for its mappings.\nnet.ipv4.ip_forward = 1\n"
     return files
+
+
+def persisted_files(variant, desired):
+    """{path: content} that bring `desired` (the owned rules of the iptables backend after the run) back at boot."""
+    part = IptablesRuleset(_Variant(variant), parse_save("")).boot_part(desired)
+    return boot_files([part] if part else [], IptablesRuleset.forward_marker(desired))
+
+
+@dataclass
+class _Variant:
+    variant: str
 
 
 def persisted_paths():
     """Every file the persistence of dnat_rule may have written."""
     wants = [os.path.join(_persist.UNIT_DIR, f"{target}.wants", RULES_UNIT)
              for target in sorted({"multi-user.target", *(name for names in FLUSHING_FIREWALLS.values() for name in names)})]
-    return [RULES_FILE, os.path.join(_persist.UNIT_DIR, RULES_UNIT), SYSCTL_FILE, *wants]
+    per_variant = [os.path.join(os.path.dirname(RULES_FILE), f"iptables-{variant}.rules") for variant in sorted(FLUSHING_FIREWALLS)]
+    return [RULES_FILE, NFT_RULES_FILE, *per_variant, os.path.join(_persist.UNIT_DIR, RULES_UNIT), SYSCTL_FILE, *wants]
 
 
-def plan_persistence(plan, variant, desired, persistent, systemd):
-    """The files for boot: written (persistent, with rules) or removed; the unit started, so that a
-    firewall reload before the next boot brings the rules back too (it restarts with the loaders)."""
+def plan_boot(plan, wanted, systemd):
+    """The files for boot: `wanted` written and the others removed; the unit started, so that a firewall
+    reload before the next boot brings the rules back too (it restarts with the loaders), or stopped."""
     current = _persist.read_files(persisted_paths())
-    wanted = persisted_files(variant, desired) if persistent else {}
     plan.before[_persist.VIEW_KEY] = plan.after[_persist.VIEW_KEY] = _persist.view(current)
     active = systemd.is_active(RULES_UNIT)
     if active and not wanted and current:
@@ -651,6 +921,11 @@ def plan_persistence(plan, variant, desired, persistent, systemd):
         # Loading the same rules again: a moment without the jumps, once, as when a firewall reloads.
         plan.add(f"start {RULES_UNIT}, so that it restarts with the firewall loaders",
                  partial(systemd.run, "start", RULES_UNIT))
+
+
+def plan_persistence(plan, variant, desired, persistent, systemd):
+    """The files for boot of the iptables backend's `desired` rules (persistent), or none."""
+    plan_boot(plan, persisted_files(variant, desired) if persistent else {}, systemd)
 
 
 class RolledBack(Exception):

@@ -8,8 +8,8 @@ jump rules that carry the comment OWNER_COMMENT. Everything else in the dump is
 foreign and is never written: a transaction only names owned chains and rules,
 and runs with --noflush.
 
-A backend for nftables would offer the same three calls (read, script, commit)
-over an `OwnedRules` value; the planner above it does not know about iptables.
+The planner (_dnat.plan_dnat) sees this backend through _dnat.IptablesRuleset; the
+nftables backend (_nftables) offers the same calls over its own table.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ class Dump:
 
     chains: dict = field(default_factory=dict)  # table -> [chain, ...]
     rules: dict = field(default_factory=dict)  # table -> [(chain, "-A chain ..."), ...]
+    policies: dict = field(default_factory=dict)  # table -> {built-in chain: ACCEPT or DROP}
 
     def table_lines(self, table, chain):
         return [line for rule_chain, line in self.rules.get(table, []) if rule_chain == chain]
@@ -58,7 +59,10 @@ def parse_save(text):
         elif line == "COMMIT":
             table = None
         elif line.startswith(":") and table:
-            dump.chains[table].append(line[1:].split()[0])
+            words = line[1:].split()
+            dump.chains[table].append(words[0])
+            if len(words) > 1 and words[1] != "-":
+                dump.policies.setdefault(table, {})[words[0]] = words[1]
         elif line.startswith("-A ") and table:
             dump.rules[table].append((line.split()[1], line))
     return dump
@@ -99,6 +103,22 @@ def owned_rules(dump, owned_chains):
             if not is_owned(chain) and is_owned(target) and rule_comment(line) == OWNER_COMMENT:
                 owned.jumps[table][chain] = line
     return owned
+
+
+def foreign_rules(dump, owned_chains):
+    """The rules and chains of a dump that are not owned: what the host itself (Docker, a firewall) put there.
+
+    A built-in chain's policy is not a rule: a DROP policy alone is not foreign."""
+    owned = owned_rules(dump, owned_chains)
+    jumps = {line for table_jumps in owned.jumps.values() for line in table_jumps.values()}
+    found = []
+    for table, lines in dump.rules.items():
+        chains = owned.chains.get(table, {})
+        found.extend(line for chain, line in lines if chain not in chains and line not in jumps)
+    for table, names in dump.chains.items():
+        builtin = dump.policies.get(table, {})
+        found.extend(f":{name}" for name in names if name not in builtin and name not in owned.chains.get(table, {}))
+    return found
 
 
 def _groups(lines):

@@ -14,7 +14,11 @@ description:
     C(iptables -t nat -A PREROUTING -p tcp --dport 8090 -i eth0 -j DNAT --to 10.244.1.2:9090) does,
     and makes the host forward the mapped traffic.
   - Takes one mapping as top-level options, or a list of them in O(rules), applied as one batch.
-  - B(Owned chains.) The rules live in chains of the collection's own. In the C(nat) table, C(NETNS-EXPOSE) is
+  - B(Two backends.) O(backend) picks where the mappings live, iptables (the owned chains below, with either iptables
+    variant) or nftables (one owned table, see B(nftables backend) below). Both have the same mappings, with the same
+    meaning, and a host moves from one to the other in one run. V(auto), the default, takes nftables when the host
+    has C(nft) and iptables has no rules of the host's own, and iptables otherwise (see O(backend)).
+  - B(Owned chains) (iptables backend). The rules live in chains of the collection's own. In the C(nat) table, C(NETNS-EXPOSE) is
     jumped to from C(PREROUTING), C(NETNS-EXPOSE-LOCAL) from C(OUTPUT) when a mapping has O(local=true), and
     C(NETNS-EXPOSE-POST) from the top of C(POSTROUTING) with O(hairpin). The DNAT rules are in chains per protocol
     and range of 64 host ports under the first two, such as C(NETNS-EXPOSE-tcp-8064) for tcp ports 8064 to 8127
@@ -22,21 +26,51 @@ description:
     In the C(filter) table, C(NETNS-EXPOSE-FWD) is jumped to from the top of C(FORWARD).
     Each rule of a mapping carries the comment C(netns.expose:<name>) naming it; the jumps and the rules the
     mappings share carry C(netns.expose). No other rule or chain is ever changed.
-  - B(Atomic.) The module reads the host with one C(iptables-save) and applies all changes of a run in one
+  - B(Atomic.) The iptables backend reads the host with one C(iptables-save) and applies all changes of a run in one
     C(iptables-restore --noflush) transaction, waiting for the xtables lock. iptables-restore commits table by table,
     so if a later table fails, the module puts the owned rules of the earlier ones back as they were and fails.
+  - B(nftables backend.) The collection owns the table C(ip netns_expose) and nothing else in nftables. The module
+    reads it with C(nft -j list table ip netns_expose) (JSON), and a run that changes anything replaces the whole
+    table in one C(nft -f -) transaction (C(table ip netns_expose {}), C(delete table ip netns_expose), then the
+    table as it should be), which cannot half-apply and leaves nothing stale. A mapping is elements of maps, not
+    rules; the chains dispatch through maps keyed by what the mappings match, so the first packet of a flow meets a
+    fixed number of lookups whatever the number of mappings. C(dnat_<protocol>_<kind>) maps the flow's key to the
+    target (C(address . port), or the address for icmp), the kinds being C(dst) (C(ip daddr . tcp dport)),
+    C(local) (no O(destination), so the port alone, behind C(fib daddr type local ip daddr != 127.0.0.0/8)),
+    C(iif_dst) and C(iif_local) (O(in_interface), with C(iifname) first), C(src_dst) and C(src_local)
+    (O(hairpin_sources), with C(ip saddr) first); for icmp the port's place holds C(meta l4proto). C(mark_<protocol>_<kind>) holds the keys of the
+    mappings whose flows get the O(connmark) bit, set right before their DNAT; C(output_<protocol>_<dst|local>)
+    maps the host's own connections (O(local)); C(hairpin) and C(hairpin_icmp) hold the flows from a target to
+    itself, masqueraded in C(postrouting). The chains are C(prerouting) (nat, priority dstnat), C(prerouting_local),
+    C(output) (nat, priority -100), C(output_local), C(postrouting) (nat, srcnat) and C(forward) (filter, a counter
+    of the mapped forwarded flows; it accepts nothing that another table drops). When two mappings match one packet,
+    the one with O(destination) comes first, then O(in_interface), then O(hairpin_sources). Every element of a
+    mapping carries the comment C(netns.expose:<name>) and has a counter (RV(counters)); the empty set
+    C(ip_forward_was_0) records that the collection turned C(ip_forward) on. C(nft list table ip netns_expose)
+    shows it all.
   - B(Drift is repaired.) A deleted rule or jump, a rule edited by hand, or C(ip_forward) reset to 0 is put back
     by the next run, which changes exactly what is missing or wrong; rules in the owned chains that belong to no
-    mapping are removed.
+    mapping are removed. With nftables, a deleted or added element, the table deleted, a chain, map or set changed,
+    or a rule replaced (each rule carries a digest of its text as comment) makes the next run replace the table.
   - B(Only this host's traffic.) A mapping without O(destination) matches only packets addressed to a local address
-    of the host (C(-m addrtype --dst-type LOCAL)), so a host that routes for other machines does not take their traffic.
+    of the host (C(-m addrtype --dst-type LOCAL), or C(fib daddr type local) with nftables), so a host that routes
+    for other machines does not take their traffic.
   - B(Forwarding.) With O(accept_forward) the rules that DNAT a flow in C(PREROUTING) first set one bit of its
     conntrack mark (O(connmark)), and one rule in C(NETNS-EXPOSE-FWD) accepts the flows that carry it and were DNAT-ed,
     which are exactly the mapped flows, both directions, and the ICMP errors about them (which are RELATED to the flow and
     have its conntrack entry), so path MTU discovery works. Hosts whose C(FORWARD) policy is C(DROP), as with
     Docker or hardened images, need this. Forwarding is never accepted wholesale.
+  - B(nftables next to another firewall.) In nftables an accept in one table does not stop a drop in another base
+    chain of the same hook. With the nftables backend, on a host whose iptables C(filter FORWARD) policy is
+    C(DROP) (Docker; either variant), the module keeps in iptables the same owned accept as the iptables backend
+    (the jump from C(FORWARD) to C(NETNS-EXPOSE-FWD) and its one rule), and removes it with the last mapping. A
+    forward chain of an nftables table of the host's own that drops (policy drop, or a rule that drops or rejects
+    everything, as C(/etc/nftables.conf) or firewalld have) is never changed; the run fails before changing
+    anything, naming the table and chain, and the rule to add there (C(ct mark & 0x1000000 == 0x1000000 ct status
+    dnat accept)), unless that chain accepts the mapped flows already or O(forward_drop_check=false).
   - B(Cost per packet.) A forwarded packet meets that one rule, however many mappings there are. Only the first
-    packet of a flow meets the C(nat) rules, one jump per mapped range of its protocol and the mappings of its range.
+    packet of a flow meets the C(nat) rules; with iptables, one jump per mapped range of its protocol and the
+    mappings of its range; with nftables, one map lookup per kind of mapping that exists (and one for the mark).
   - B(No stale flows.) NAT is decided when a conntrack entry is made, so a flow that started before a mapping was
     added, changed or removed would keep its old translation (or none) until its entry expires. With
     O(flush_conntrack) the module deletes the conntrack entries of the protocol, host port (and O(destination))
@@ -65,7 +99,8 @@ attributes:
   platform:
     platforms: linux
 requirements:
-  - iptables (the nft or the legacy variant) on the managed host; M(netns.expose.prerequisites) installs it
+  - nftables (C(nft)) for the nftables backend, iptables (the nft or the legacy variant) for the iptables backend,
+    on the managed host; M(netns.expose.prerequisites) installs them
 options:
   name:
     description:
@@ -208,7 +243,12 @@ options:
         after the host's own firewall (C(nftables.service), C(netfilter-persistent.service), C(firewalld.service)) and
         before C(network-online.target), and again whenever C(nftables.service) (which runs C(flush ruleset), also
         wiping iptables-nft rules) or C(netfilter-persistent.service) restarts. The run starts the unit, so that this
-        holds before the next boot too. C(/etc/sysctl.d/90-netns-expose.conf) turns C(net.ipv4.ip_forward) on at boot
+        holds before the next boot too.
+      - With the nftables backend, C(/etc/netns-expose/nftables.nft) holds only the owned table (starting with
+        C(table ip netns_expose {}) and C(delete table ip netns_expose), so that loading it twice is fine), and the
+        same unit runs C(nft -f /etc/netns-expose/nftables.nft), with the same ordering, C(PartOf=nftables.service).
+        Where the module keeps an accept in an iptables C(FORWARD) chain (see above), C(iptables-<variant>.rules) has
+        it and the unit loads it too. Switching backends replaces the files. C(/etc/sysctl.d/90-netns-expose.conf) turns C(net.ipv4.ip_forward) on at boot
         when the collection turned it on.
       - The files are part of the run's plan, so check mode and diff show them, and a file changed or deleted by hand
         is put back by the next run. They follow the owned rules, whichever run changes them.
@@ -217,15 +257,41 @@ options:
       - Where systemd does not run (C(/run/systemd/system) is missing) nothing is written, with a warning.
     type: bool
     default: true
+  backend:
+    description:
+      - Where the mappings live. V(iptables) is the owned chains of the iptables backend (variant O(iptables)),
+        V(nftables) the owned table C(ip netns_expose).
+      - V(auto) takes V(nftables) when the host has C(nft) and no iptables rules of its own, that is, no rule or
+        chain that is not the collection's in C(iptables-nft-save) (the tables iptables-nft made) nor in
+        C(iptables-legacy-save) (read only when iptables-legacy has a table); built-in chains and their policies,
+        and the collection's own chains, do not count. It takes V(iptables) when there are such rules (Docker,
+        kube-proxy, a firewall written for iptables), so that they keep working as they did, or when C(nft) is
+        missing. RV(backend) and RV(backend_reason) say what it took and why.
+      - A run moves every mapping of the other backend to this one, and leaves no rule of the other (only, with
+        nftables, the FORWARD accept described above, where the iptables FORWARD policy is DROP). A mapping that
+        keeps its translation keeps its flows.
+    type: str
+    choices: [auto, iptables, nftables]
+    default: auto
+  forward_drop_check:
+    description:
+      - With the nftables backend, fail before changing anything when a forward chain of an nftables table of the
+        host's own would drop the mapped flows (see above). V(false) proceeds anyway, for a firewall that accepts
+        those flows in a way the check does not see (a jump to a chain of its own, say).
+    type: bool
+    default: true
   iptables:
     description:
-      - Which iptables variant to use. V(auto) uses the variant of the host's C(iptables) command, as the rest of
-        the host does.
+      - Which iptables variant the iptables backend uses. V(auto) uses the variant of the host's C(iptables)
+        command, as the rest of the host does.
+      - With the nftables backend, the variants whose owned rules the run removes or whose FORWARD chain gets the
+        accept; V(auto) takes both (iptables-legacy only when it has a table).
     type: str
     choices: [auto, nft, legacy]
     default: auto
 notes:
-  - The rules are not saved across reboots; run the module (or the role) at boot, as Docker recreates its rules.
+  - Names longer than 115 characters do not fit the comment of an nftables element (128 characters with the
+    C(netns.expose:) prefix); the nftables backend refuses them.
 seealso:
   - module: netns.expose.netns_veth
 """
@@ -259,6 +325,18 @@ EXAMPLES = r"""
   netns.expose.dnat_rule:
     name: http-web
     state: absent
+
+- name: The same mappings in the table ip netns_expose, on a host with nftables and no iptables
+  netns.expose.dnat_rule:
+    backend: nftables
+    exclusive: true
+    rules:
+      - {name: web, port: 8090, to_address: 10.244.1.2, to_port: 9090, destination: 10.211.55.122}
+  register: published
+
+- name: How many flows each mapping has translated
+  ansible.builtin.debug:
+    var: published.counters
 """
 
 RETURN = r"""
@@ -276,7 +354,10 @@ actions:
       so that flows older than the change meet the new rules
     - set net.ipv4.ip_forward = 1 (was 0)
 mappings:
-  description: Every mapping the collection owns on the host after the run (predicted in check mode), with its rules.
+  description:
+    - >-
+      Every mapping the collection owns on the host after the run (predicted in check mode), with its rules
+      (iptables) or its elements (nftables, such as C(dnat_tcp_dst { 10.211.55.122 . 8090 : 10.244.1.2 . 9090 })).
   returned: always
   type: dict
   sample:
@@ -301,10 +382,31 @@ conntrack:
   sample:
     - {protocol: udp, port: 8053, destination: null, deleted: 1}
 iptables:
-  description: The iptables variant used.
+  description:
+    - The iptables variant used by the iptables backend.
+    - With the nftables backend, the variant whose FORWARD chain has the owned accept (its policy is DROP), or null.
   returned: always
   type: str
   sample: nft
+backend:
+  description: The backend that has the mappings after the run.
+  returned: always
+  type: str
+  sample: nftables
+backend_reason:
+  description: Why O(backend) took it (with V(auto), what it found on the host).
+  returned: always
+  type: str
+  sample: nft is installed and iptables has no rules of the host's own
+counters:
+  description:
+    - With the nftables backend, per mapping, the packets and bytes its elements have counted, as read before the
+      run's change. NAT sees only the first packet of a flow, so C(packets) is the number of flows (connections,
+      and the host's own with O(local)) the mapping has translated. Replacing the table carries the counters over.
+  returned: when the backend is nftables
+  type: dict
+  sample:
+    web: {packets: 12, bytes: 720}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -314,13 +416,14 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     MAPPING_FIELDS,
     DnatSpec,
     RolledBack,
-    build_plan,
     connmark_from_params,
     hairpin_sources_from_params,
     mappings_from_params,
+    plan_dnat,
     read_ip_forward,
 )
-from ansible_collections.netns.expose.plugins.module_utils._iptables import IptablesBackend, IptablesError
+from ansible_collections.netns.expose.plugins.module_utils._iptables import IptablesError
+from ansible_collections.netns.expose.plugins.module_utils._nftables import ForwardDropped, NftError, open_backends
 from ansible_collections.netns.expose.plugins.module_utils._persist import systemd_of
 from ansible_collections.netns.expose.plugins.module_utils._plan import PlanApplyError
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
@@ -353,6 +456,8 @@ def main():
             flush_conntrack=dict(type="bool", default=True),
             connmark=dict(type="int", default=0x1000000),
             persistent=dict(type="bool", default=True),
+            backend=dict(type="str", choices=["auto", "iptables", "nftables"], default="auto"),
+            forward_drop_check=dict(type="bool", default=True),
             iptables=dict(type="str", choices=["auto", "nft", "legacy"], default="auto"),
         ),
         mutually_exclusive=[("name", "rules")],
@@ -373,10 +478,10 @@ def main():
             connmark=connmark_from_params(params["connmark"]),
             persistent=params["persistent"],
         )
-        backend = IptablesBackend(module, params["iptables"])
-        plan = build_plan(backend, spec, backend.read(), read_ip_forward(), conntrack=ConntrackTable(module),
-                          systemd=systemd_of(module))
-    except (InvalidInput, IptablesError) as exc:
+        backends = open_backends(module, params["backend"], params["iptables"], params["forward_drop_check"])
+        plan = plan_dnat(backends.active, spec, read_ip_forward(), conntrack=ConntrackTable(module),
+                         systemd=systemd_of(module), others=backends.others)
+    except (InvalidInput, IptablesError, NftError, ForwardDropped) as exc:
         module.fail_json(msg=str(exc))
 
     if not module.check_mode:
@@ -389,7 +494,9 @@ def main():
     for warning in plan.warnings:
         module.warn(warning)
     result = dict(changed=plan.changed, actions=plan.actions, mappings=plan.after["mappings"], conntrack=plan.conntrack,
-                  iptables=backend.variant)
+                  backend=backends.name, backend_reason=backends.why, iptables=backends.variant)
+    if backends.name == "nftables":
+        result["counters"] = backends.active.counters()
     if module._diff:
         result["diff"] = plan.diff
     module.exit_json(**result)

@@ -62,7 +62,9 @@ def report(probes, plans):
                     seen.append(value)
             if check.get("port") and target["netns"] not in listening:
                 listening.append(target["netns"])
-        commands = [(f"iptables -t nat -S NETNS-EXPOSE | grep {mapping}", "is the mapping there?") for mapping in mappings]
+        # nft lists both the nftables backend's table and the rules of iptables-nft (iptables-legacy-save has
+        # those of iptables-legacy).
+        commands = [(f"nft list ruleset | grep {mapping}", "is the mapping there?") for mapping in mappings]
         commands += [(f"ip netns exec {netns} ss -ltnu", f"does anything listen in {netns}?") for netns in listening]
         commands += [(f"ip netns exec {netns} ip route", f"has {netns} its default route?") for netns in routes]
         width = max(len(command) for command, _why in commands)

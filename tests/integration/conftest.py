@@ -308,6 +308,19 @@ def run_module(ansible):
     return ansible.run_module
 
 
+# dnat_rule's backends, for the suites that prove what every backend does with real traffic.
+DNAT_BACKENDS = ("iptables", "nftables")
+
+
+def with_backend(run_module, backend):
+    """run_module, with dnat_rule's option backend set to `backend` (unless a call sets it)."""
+    def run(host, module, args, **kwargs):
+        if module == "netns.expose.dnat_rule":
+            args = {"backend": backend, **args}
+        return run_module(host, module, args, **kwargs)
+    return run
+
+
 @pytest.fixture
 def run_playbook(ansible):
     return ansible.run_playbook

@@ -7,6 +7,9 @@ from pathlib import Path
 
 MASTER = "master"
 VARIANTS = ("nft", "legacy")
+# dnat_rule's backends, as the tests name them: the iptables backend with each variant, and nftables.
+BACKENDS = ("iptables-nft", "iptables-legacy", "nftables")
+NFT_TABLE = "netns_expose"
 DEMO_SERVICE = Path(__file__).resolve().parents[2] / "roles" / "demo_service" / "files" / "demo_service.py"
 # What the demo service answers, as the recipe's service does.
 DEMO_REPLY = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
@@ -23,10 +26,71 @@ def sh(lab, *argv, check=True, stdin=None, host=MASTER):
     return done.stdout
 
 
-def save(lab, variant):
-    """iptables-save of the master without comments and counters: what compares across runs."""
-    text = sh(lab, f"iptables-{variant}-save")
+def save(lab, variant, host=MASTER):
+    """iptables-save of a lab host (the master) without comments and counters: what compares across runs."""
+    text = sh(lab, f"iptables-{variant}-save", host=host)
     return [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in text.splitlines() if not line.startswith("#")]
+
+
+def backend_args(backend):
+    """dnat_rule's options for one of BACKENDS."""
+    if backend == "nftables":
+        return {"backend": "nftables"}
+    return {"backend": "iptables", "iptables": backend.split("-", 1)[1]}
+
+
+# The tables of iptables-nft: compared through iptables-nft-save (iptables-nft-restore leaves empty built-in
+# chains behind in them, which iptables-nft-save does not show either).
+IPTABLES_NFT_TABLES = {"filter", "nat", "mangle", "raw", "security"}
+
+
+def nft_ruleset(lab, host=MASTER):
+    """The native nftables tables of a lab host (not those of iptables-nft), as `nft list table` prints them
+    without counter values: what compares across runs."""
+    tables = json.loads(sh(lab, "nft", "-j", "list", "tables", host=host))["nftables"]
+    found = []
+    for entry in tables:
+        table = entry.get("table")
+        if table is None or (table["family"] == "ip" and table["name"] in IPTABLES_NFT_TABLES):
+            continue
+        text = sh(lab, "nft", "list", "table", table["family"], table["name"], host=host)
+        found += [line for line in re.sub(r"counter packets \d+ bytes \d+", "counter", text).splitlines() if line.strip()]
+    return found
+
+
+def nft_table(lab, host=MASTER):
+    """The owned table as nft lists it (without counter values), or None when there is none."""
+    done = lab.exec(host, ["nft", "list", "table", "ip", NFT_TABLE])
+    if done.returncode != 0:
+        return None
+    return [line for line in re.sub(r"counter packets \d+ bytes \d+", "counter", done.stdout).splitlines() if line.strip()]
+
+
+def netfilter(lab, host=MASTER):
+    """Everything netfilter has in a lab host: both iptables variants and the nftables ruleset."""
+    return {"iptables-nft": save(lab, "nft", host), "iptables-legacy": save(lab, "legacy", host),
+            "nftables": nft_ruleset(lab, host)}
+
+
+def nft_elements(lab, host=MASTER):
+    """{map or set of the owned table: [the comments of its elements]} ({} without the table)."""
+    done = lab.exec(host, ["nft", "-j", "list", "table", "ip", NFT_TABLE])
+    if done.returncode != 0:
+        return {}
+    found = {}
+    for entry in json.loads(done.stdout)["nftables"]:
+        kind = "map" if "map" in entry else "set" if "set" in entry else None
+        if kind:
+            elements = [element[0] if kind == "map" else element for element in entry[kind].get("elem", [])]
+            found[entry[kind]["name"]] = [element["elem"].get("comment") for element in elements
+                                          if isinstance(element, dict) and "elem" in element]
+    return found
+
+
+def collection_text(lab, host=MASTER):
+    """Everything of the collection's in netfilter, as text: both iptables variants' saves and the owned table."""
+    table = lab.exec(host, ["nft", "list", "table", "ip", NFT_TABLE]).stdout
+    return "\n".join([*save(lab, "nft", host), *save(lab, "legacy", host), table])
 
 
 def owned(lines):

@@ -27,6 +27,7 @@ import signal
 import time
 
 import pytest
+from conftest import DNAT_BACKENDS, with_backend
 from master_host import DEMO_REPLY as MAPPED, DEMO_SERVICE, MASTER, RECIPE_PAIR as VETH, scrub_netfilter, sh
 
 SLAVE = "slave"
@@ -186,6 +187,12 @@ def fetch(lab, host, url, netns=None, timeout=TIMEOUT):
     """The body curl gets from url in a lab host (or in one of its namespaces), or None."""
     done = lab.exec(host, [*in_netns(netns), "curl", "-s", "-m", str(timeout), url])
     return done.stdout if done.returncode == 0 else None
+
+
+@pytest.fixture(params=DNAT_BACKENDS)
+def run_module(request, ansible):
+    """Every test runs with each backend of dnat_rule."""
+    return with_backend(ansible.run_module, request.param)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import DNAT_BACKENDS, with_backend
 from master_host import DEMO_REPLY as REPLY, DEMO_SERVICE, RECIPE_PAIR as VETH, scrub_netfilter, sh
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +43,17 @@ def services(lab, ansible):
         ansible.run_module("master", "netns.expose.netns_veth", {**VETH, "state": "absent"})
         sh(lab, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0")
         scrub_netfilter(lab)
+
+
+@pytest.fixture(scope="module", params=DNAT_BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def run_module(ansible, backend):
+    """Every test runs with each backend of dnat_rule."""
+    return with_backend(ansible.run_module, backend)
 
 
 def from_slave(lab, *argv):
@@ -172,3 +184,71 @@ def test_hairpin_clients_in_the_masters_namespaces_reach_the_mapping(services, r
     finally:
         run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent"})
         run_module("master", "netns.expose.netns_veth", {**ns2, "state": "absent"})
+
+
+# Coexistence of the nftables backend with the host's own firewall. In nftables an accept in one table does not
+# stop a drop in another base chain of the same hook.
+
+@pytest.mark.parametrize("variant", ["nft", "legacy"])
+def test_nftables_backend_passes_an_iptables_forward_policy_drop_with_its_one_owned_accept(services, ansible, variant):
+    """Docker-like: the FORWARD policy of one iptables variant is DROP (the other's ACCEPT)."""
+    lab = services
+    other = "legacy" if variant == "nft" else "nft"
+    sh(lab, f"iptables-{variant}", "-P", "FORWARD", "DROP")
+    sh(lab, f"iptables-{other}", "-P", "FORWARD", "ACCEPT")
+    try:
+        added = ansible.run_module("master", "netns.expose.dnat_rule", {**MAPPINGS[0], "backend": "nftables"})
+        assert not added["failed"], added
+        assert added["backend"] == "nftables" and added["iptables"] == variant
+        assert reachable(lab)["tcp"] == REPLY
+        forward = [line for line in sh(lab, f"iptables-{variant}-save", "-t", "filter").splitlines() if "netns.expose" in line]
+        assert forward == ['-A FORWARD -m comment --comment "netns.expose" -j NETNS-EXPOSE-FWD',
+                           '-A NETNS-EXPOSE-FWD -m connmark --mark 0x1000000/0x1000000 -m conntrack --ctstate DNAT '
+                           '-m comment --comment "netns.expose" -j ACCEPT']
+        # Control: without that accept the policy drops the mapped flow.
+        sh(lab, f"iptables-{variant}", "-D", "FORWARD", "-m", "comment", "--comment", "netns.expose", "-j", "NETNS-EXPOSE-FWD")
+        sh(lab, "conntrack", "-F")
+        assert reachable(lab)["tcp"] is None, "reachable without the accept: the test proves nothing"
+        assert ansible.run_module("master", "netns.expose.dnat_rule", {**MAPPINGS[0], "backend": "nftables"})["changed"]
+        assert reachable(lab)["tcp"] == REPLY
+    finally:
+        ansible.run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent", "backend": "nftables"})
+        sh(lab, "iptables-legacy", "-P", "FORWARD", "ACCEPT")
+        sh(lab, "iptables-nft", "-P", "FORWARD", "DROP")
+    assert "netns.expose" not in sh(lab, f"iptables-{variant}-save")
+
+
+HOST_FIREWALL = """table inet filter {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+    }
+}
+"""
+ACCEPT_MAPPED = "ct mark and 0x1000000 == 0x1000000 ct status dnat accept"
+
+
+def test_nftables_backend_refuses_a_host_firewall_that_drops_its_flows_and_names_the_rule_to_add(services, ansible):
+    """A typical /etc/nftables.conf: a forward chain with policy drop in a table of the host's own."""
+    lab = services
+    web = {**MAPPINGS[0], "backend": "nftables"}
+    sh(lab, "nft", "-f", "-", stdin=HOST_FIREWALL)
+    try:
+        refused = ansible.run_module("master", "netns.expose.dnat_rule", web)
+        assert refused["failed"]
+        assert "chain forward of table inet filter (policy drop)" in refused["msg"]
+        assert f"nft insert rule inet filter forward {ACCEPT_MAPPED}" in refused["msg"]
+        assert lab.exec("master", ["nft", "list", "table", "ip", "netns_expose"]).returncode != 0, "changed something"
+        # Control: told to go ahead anyway, the mapping is made and the host's firewall drops its flows.
+        forced = ansible.run_module("master", "netns.expose.dnat_rule", {**web, "forward_drop_check": False})
+        assert not forced["failed"], forced
+        assert reachable(lab)["tcp"] is None, "reachable through policy drop: the test proves nothing"
+        # The rule the message names, added by the host's administrator, lets exactly the mapped flows through.
+        sh(lab, "nft", "insert", "rule", "inet", "filter", "forward", *ACCEPT_MAPPED.split())
+        sh(lab, "conntrack", "-F")
+        again = ansible.run_module("master", "netns.expose.dnat_rule", web)
+        assert not again["failed"] and again["changed"] is False, again
+        assert reachable(lab)["tcp"] == REPLY
+        assert "table inet filter" in sh(lab, "nft", "list", "tables")
+    finally:
+        ansible.run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent", "backend": "nftables"})
+        sh(lab, "nft", "delete", "table", "inet", "filter", check=False)

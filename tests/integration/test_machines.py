@@ -91,11 +91,27 @@ def test_the_modules_name_the_package_a_fresh_host_lacks(machine_ansible):
         "netns": "ns1", "ns_ifname": "veth1a", "host_ifname": "veth1b",
         "ns_address": "10.244.1.2/24", "host_address": "10.244.1.3/24"})
     assert netns_veth["failed"] and "python3-pyroute2" in netns_veth["msg"], netns_veth
-    dnat_rule = machine_ansible.run_module(MASTER, "netns.expose.dnat_rule", {
-        "name": "web", "port": 8090, "to_address": "10.244.1.2", "to_port": 9090})
+    web = {"name": "web", "port": 8090, "to_address": "10.244.1.2", "to_port": 9090}
+    dnat_rule = machine_ansible.run_module(MASTER, "netns.expose.dnat_rule", {**web, "backend": "iptables"})
     assert dnat_rule["failed"], dnat_rule
     assert dnat_rule["msg"].startswith("iptables: no iptables-nft-restore or iptables-legacy-restore found"), dnat_rule
     assert "the package iptables on Debian/Ubuntu" in dnat_rule["msg"]
+
+
+def test_dnat_rule_needs_nothing_a_fresh_host_lacks_with_nftables(machine_ansible, machine_lab):
+    """nftables is installed on a minimal Debian server, and auto takes it: no package to install."""
+    web = {"name": "web", "port": 8090, "to_address": "10.244.1.2", "to_port": 9090}
+    try:
+        added = machine_ansible.run_module(MASTER, "netns.expose.dnat_rule", web)
+        assert not added["failed"], added
+        assert added["backend"] == "nftables", added
+        assert "netns.expose:web" in on(machine_lab, MASTER, "nft list table ip netns_expose")
+        assert machine_ansible.run_module(MASTER, "netns.expose.dnat_rule", web)["changed"] is False
+    finally:
+        removed = machine_ansible.run_module(MASTER, "netns.expose.dnat_rule", {"name": "web", "state": "absent"})
+    assert not removed["failed"], removed
+    assert "netns_expose" not in on(machine_lab, MASTER, "nft list tables")
+    assert on(machine_lab, MASTER, "ls /etc/netns-expose 2>/dev/null | wc -l").strip() == "0"
 
 
 def test_prerequisites_check_mode_predicts_and_changes_nothing(machine_ansible, machine_lab):

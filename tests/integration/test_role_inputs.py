@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import failures
-from master_host import DEMO_SERVICE, MASTER, VARIANTS, save, scrub_netfilter, sh
+from master_host import DEMO_SERVICE, MASTER, collection_text, netfilter, nft_elements, scrub_netfilter, sh
 
 REPO = Path(__file__).resolve().parents[2]
 EXPOSE = REPO / "playbooks" / "expose.yml"
@@ -28,7 +28,7 @@ OTHER_NETNS, OTHER_HOST_END, OTHER_ADDRESS = "other-rt", "cni-like", "10.88.0.2"
 
 
 def netfilter_and_links(lab):
-    return {"iptables": {variant: save(lab, variant) for variant in VARIANTS},
+    return {"netfilter": netfilter(lab),
             "links": sh(lab, "ip", "-br", "-4", "addr"), "netns": sh(lab, "ip", "netns", "list"),
             "ip_forward": sh(lab, "cat", "/proc/sys/net/ipv4/ip_forward")}
 
@@ -86,7 +86,7 @@ def test_a_misspelt_services_variable_does_not_unpublish_the_host(lab, master, r
     run = run_playbook(EXPOSE, extra_vars={"expose_services": []}, extra_args=["-e", "expose_allow_empty=true"])
     assert not failures(run), failures(run)
     after = netfilter_and_links(lab)
-    assert not [line for line in after["iptables"]["nft"] if "netns.expose" in line]
+    assert "netns.expose" not in collection_text(lab)
     assert after["ip_forward"] == "0\n"
 
 
@@ -95,14 +95,17 @@ def test_booleans_given_on_the_command_line_as_text(lab, master, run_playbook, f
     run = run_playbook(EXPOSE, extra_vars={"expose_services": [WEB, {**WEB, "name": "admin", "ports": [
         {"protocol": "tcp", "host_port": 8091, "ns_port": 9091}]}]})
     assert not failures(run), failures(run)
+    assert "netns.expose:http-web-tcp-8090" in nft_elements(lab)["output_tcp_dst"], "no local mapping to take away"
     # Without admin, and not exclusive: admin's mapping stays; no local rule; no package manager.
     run = run_playbook(EXPOSE, extra_vars={"expose_services": [WEB]},
                        extra_args=["-e", f"expose_exclusive={falsy}", "-e", f"expose_local_clients={falsy}",
                                    "-e", f"expose_manage_packages={falsy}", "-e", f"expose_allow_empty={falsy}"])
     assert not failures(run), failures(run)
-    rules = save(lab, "nft")
-    assert any("netns.expose:admin-tcp-8091" in line for line in rules)
-    assert not [line for line in rules if line.startswith("-A NETNS-EXPOSE-LOCAL") and "http-web" in line]
+    # auto took nftables (the master has no iptables rules of its own).
+    elements = nft_elements(lab)
+    assert "netns.expose:admin-tcp-8091" in elements["dnat_tcp_dst"]
+    assert not [name for name, comments in elements.items()
+                if name.startswith("output_") and "netns.expose:http-web-tcp-8090" in comments]
     assert not [name for name, _result in task_names_run(run) if name.endswith("Install what the modules need")]
 
 

@@ -57,9 +57,9 @@ REPORT = [
     "1 of 4 checks failed:",
     f"master master: udp port {DEAD_PORT} (vfy-web) failed: connection refused",
     "Where to look next, as root on master master:",
-    f"  iptables -t nat -S NETNS-EXPOSE | grep vfy-web-udp-{DEAD_PORT}  # is the mapping there?",
-    "  ip netns exec vfy ss -ltnu                                # does anything listen in vfy?",
-    "  ip netns exec vfy ip route                                # has vfy its default route?",
+    f"  nft list ruleset | grep vfy-web-udp-{DEAD_PORT}  # is the mapping there?",
+    "  ip netns exec vfy ss -ltnu                 # does anything listen in vfy?",
+    "  ip netns exec vfy ip route                 # has vfy its default route?",
 ]
 
 

@@ -56,6 +56,7 @@ def test_unit_joins_the_namespace_and_runs_the_service_on_its_ports():
     assert unit["WantedBy"] == ["multi-user.target"]
     # At boot, after the unit that makes ns1 (where netns_veth persisted it).
     assert unit["Wants"] == unit["After"] == ["netns-expose-netns@ns1.service"]
+    assert unit["ConditionPathExists"] == ["/run/netns/ns1"]
 
 
 def test_unit_may_bind_ports_below_1024_only_when_it_has_one():

@@ -8,6 +8,7 @@ from ansible_collections.netns.expose.plugins.module_utils._iptables import (
     IptablesError,
     OwnedRules,
     chain_changes,
+    foreign_rules,
     owned_rules,
     parse_save,
     restore_script,
@@ -197,3 +198,15 @@ def test_chains_that_go_are_all_emptied_before_any_is_deleted():
     script, counts = restore_script(current, OwnedRules(chains={"nat": {}}, jumps={"nat": {}}))
     assert script == "*nat\n-F A\n-F B\n-X A\n-X B\nCOMMIT\n"
     assert counts == {"nat": (0, 2)}
+
+
+def test_foreign_rules_are_what_is_not_the_collections_and_policies_are_not_rules():
+    dump = parse_save(SAVE)
+    assert dump.policies["filter"] == {"INPUT": "ACCEPT", "FORWARD": "DROP", "OUTPUT": "ACCEPT"}
+    found = foreign_rules(dump, OWNED)
+    assert ":DOCKER-USER" in found and ":DOCKER" in found and ":NETNS-EXPOSE" not in found
+    assert '-A PREROUTING -m comment --comment "not ours" -j NETNS-EXPOSE' in found
+    assert not any("netns.expose" in line and "not ours" not in line for line in found)
+    ours = "*filter\n:FORWARD DROP [0:0]\n:NETNS-EXPOSE-FWD - [0:0]\n" \
+           '-A FORWARD -m comment --comment "netns.expose" -j NETNS-EXPOSE-FWD\n-A NETNS-EXPOSE-FWD -j ACCEPT\nCOMMIT\n'
+    assert foreign_rules(parse_save(ours), OWNED) == []

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ansible_collections.netns.expose.plugins.module_utils import _dnat, _netns_veth, _persist
+from ansible_collections.netns.expose.plugins.module_utils import _dnat, _netns_veth, _nftables, _persist
 from ansible_collections.netns.expose.plugins.module_utils._iptables import OwnedRules, parse_save
 
 from test_netns_veth_batch_plan import FakeNetlink, batch, entry
@@ -34,6 +34,7 @@ def root(tmp_path, monkeypatch):
     monkeypatch.setattr(_persist, "UNIT_DIR", str(tmp_path / "etc/systemd/system"))
     monkeypatch.setattr(_netns_veth, "NETNS_FILES", str(tmp_path / "etc/netns-expose/netns"))
     monkeypatch.setattr(_dnat, "RULES_FILE", str(tmp_path / "etc/netns-expose/iptables.rules"))
+    monkeypatch.setattr(_dnat, "NFT_RULES_FILE", str(tmp_path / "etc/netns-expose/nftables.nft"))
     monkeypatch.setattr(_dnat, "SYSCTL_FILE", str(tmp_path / "etc/sysctl.d/90-netns-expose.conf"))
     return tmp_path
 
@@ -154,3 +155,79 @@ def test_dnat_rule_removes_its_files_and_stops_its_unit_with_the_last_mapping_or
 
 def test_the_empty_desired_rules_persist_nothing():
     assert _dnat.persisted_files("legacy", OwnedRules()) == {}
+
+
+class CommittingBackend(Backend):
+    def commit(self, script):
+        pass
+
+
+class FakeNft:
+    def __init__(self, state=None):
+        self.state = state or _nftables.NftState()
+
+    def commit(self, text):
+        self.state = text
+
+
+def nft_plan(mappings, systemd, others=(), state=None, ip_forward=0, persistent=True):
+    spec = _dnat.DnatSpec(mappings=mappings, state="present", exclusive=True, ip_forward=True, accept_forward=True,
+                          persistent=persistent)
+    backend = FakeNft(state)
+    return _dnat.plan_dnat(_nftables.NftRuleset(backend, backend.state), spec, ip_forward, systemd=systemd, others=others)
+
+
+def test_the_nftables_backend_persists_its_table_in_a_file_nft_loads_twice(root):
+    plan = nft_plan([WEB], FakeSystemd())
+    files = plan.after[_persist.VIEW_KEY]
+    table = files[str(root / "etc/netns-expose/nftables.nft")]
+    assert table.startswith("# Written by netns.expose (dnat_rule)")
+    # Only the owned table; loading it again replaces it (the first two lines make it exist, then delete it).
+    assert table.splitlines()[1:4] == ["table ip netns_expose {}", "delete table ip netns_expose", "table ip netns_expose {"]
+    assert "counter packets" not in table, "counters are the host's, not the file's"
+    assert 'comment "netns.expose:web"' in table and "set ip_forward_was_0" in table
+    unit = files[str(root / "etc/systemd/system/netns-expose-rules.service")]
+    assert f"ExecStart=nft -f {root}/etc/netns-expose/nftables.nft\n" in unit
+    assert "PartOf=nftables.service\n" in unit and "WantedBy=multi-user.target nftables.service\n" in unit
+    assert "After=network-pre.target nftables.service netfilter-persistent.service firewalld.service\n" in unit
+    assert "Before=network-online.target" in unit and "iptables" not in unit
+    assert f"ConditionPathExists={root}/etc/netns-expose/nftables.nft" in unit
+    assert str(root / "etc/systemd/system/nftables.service.wants/netns-expose-rules.service") in files
+    assert files[str(root / "etc/sysctl.d/90-netns-expose.conf")].endswith("net.ipv4.ip_forward = 1\n")
+    assert str(root / "etc/netns-expose/iptables.rules") not in files
+
+
+def test_switching_backends_replaces_the_files(root):
+    desired = _dnat.desired_rules(_dnat.DnatSpec([WEB], "present", True, True, True), {}, mark_ip_forward=True)
+    for path, content in _dnat.persisted_files("nft", desired).items():
+        _persist.write_file(path, content)
+    dump = parse_save(SAVE.replace("FORWARD DROP", "FORWARD ACCEPT") + _dnat.restore_script(OwnedRules(), desired)[0])
+    other = _dnat.IptablesRuleset(CommittingBackend(), dump, root=("iptables-nft",))
+    plan = nft_plan([WEB], FakeSystemd(active=["netns-expose-rules.service"]), others=[other])
+    actions = [action.replace(str(root), "") for action in plan.actions if str(root) in action]
+    assert actions == ["remove /etc/netns-expose/iptables.rules", "write /etc/netns-expose/nftables.nft",
+                       "remove /etc/systemd/system/netfilter-persistent.service.wants/netns-expose-rules.service",
+                       "write /etc/systemd/system/netns-expose-rules.service (it differs)"]
+    plan.apply()
+    assert not (root / "etc/netns-expose/iptables.rules").exists()
+
+
+def test_a_forward_drop_host_persists_the_iptables_accept_next_to_the_table(root):
+    dump = parse_save(SAVE)  # FORWARD policy DROP
+    other = _dnat.IptablesRuleset(Backend(), dump, root=("iptables-nft",))
+    files = nft_plan([WEB], FakeSystemd(), others=[other]).after[_persist.VIEW_KEY]
+    rules = files[str(root / "etc/netns-expose/iptables-nft.rules")]
+    assert "-A NETNS-EXPOSE-FWD -m connmark --mark 0x1000000/0x1000000" in rules and "*nat" not in rules
+    unit = files[str(root / "etc/systemd/system/netns-expose-rules.service")]
+    assert unit.index("ExecStart=nft -f") < unit.index(f"ExecStart=iptables-nft-restore --noflush --wait 10 {root}")
+    assert 'ExecStartPre=-iptables-nft -t filter -D FORWARD -m comment --comment "netns.expose" -j NETNS-EXPOSE-FWD' in unit
+    assert "PartOf=nftables.service netfilter-persistent.service\n" in unit
+
+
+def test_the_nftables_backend_removes_its_files_with_the_last_mapping(root):
+    nft_plan([WEB], FakeSystemd()).apply()
+    state = _nftables.NftRuleset.render({}, [(WEB, _dnat.Setup().of(WEB))], True)
+    plan = nft_plan([], FakeSystemd(active=["netns-expose-rules.service"]), state=state, ip_forward=1)
+    assert "stop netns-expose-rules.service" in plan.actions
+    plan.apply()
+    assert not list((root / "etc").rglob("*.nft")) and not list((root / "etc").rglob("*.service"))

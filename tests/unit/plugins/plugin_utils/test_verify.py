@@ -43,9 +43,9 @@ def test_the_report_names_each_failure_and_where_to_look():
         "1 of 4 checks failed:",
         "master web1: udp port 8053 (web) failed: connection refused",
         "Where to look next, as root on master web1:",
-        "  iptables -t nat -S NETNS-EXPOSE | grep web-udp-8053  # is the mapping there?",
-        "  ip netns exec ns1 ss -ltnu                           # does anything listen in ns1?",
-        "  ip netns exec ns1 ip route                           # has ns1 its default route?",
+        "  nft list ruleset | grep web-udp-8053  # is the mapping there?",
+        "  ip netns exec ns1 ss -ltnu            # does anything listen in ns1?",
+        "  ip netns exec ns1 ip route            # has ns1 its default route?",
     ]
 
 
@@ -59,7 +59,7 @@ def test_an_icmp_failure_asks_for_no_listener_and_skipped_checks_are_no_failure(
         "1 of 2 checks failed:",
         "master web1: icmp (web) failed: no reply within 1 s",
         "Where to look next, as root on master web1:",
-        "  iptables -t nat -S NETNS-EXPOSE | grep web-icmp  # is the mapping there?",
-        "  ip netns exec ns7 ip route                       # has ns7 its default route?",
+        "  nft list ruleset | grep web-icmp  # is the mapping there?",
+        "  ip netns exec ns7 ip route        # has ns7 its default route?",
     ]
     assert report([{"item": "web1", "results": [check()]}], plans) == ""
