@@ -34,7 +34,6 @@ from ansible_collections.netns.expose.plugins.module_utils._iptables import (
     OwnedRules,
     jump_line,
     owned_rules,
-    parse_save,
     restore_script,
     rule_comment,
 )
@@ -708,15 +707,7 @@ class IptablesRuleset:
         return os.path.join(os.path.dirname(RULES_FILE), f"iptables-{self.variant}.rules")
 
     def boot_part(self, desired):
-        if desired.is_empty():
-            return None
-        variant = self.variant
-        path = self.rules_file()
-        pre = [f"ExecStartPre=-iptables-{variant} -t {table} -D{line[2:]}"
-               for table, jumps in sorted(desired.jumps.items()) for line in jumps.values()]
-        service = IPTABLES_SERVICE.format(pre="\n".join(pre), variant=variant, wait=XTABLES_LOCK_WAIT, rules=path)
-        return BootPart(label=f"iptables-{variant}", path=path, content=restore_script(OwnedRules(), desired)[0],
-                        service=service, after=FLUSHING_FIREWALLS[variant], part_of=FLUSHING_FIREWALLS[variant])
+        return iptables_boot_part(self.variant, self.rules_file(), desired)
 
 
 def plan_dnat(active, spec, ip_forward, conntrack=None, systemd=None, others=()):
@@ -889,15 +880,21 @@ def boot_files(parts, ip_forward_marked):
     return files
 
 
+def iptables_boot_part(variant, path, desired):
+    """The BootPart that loads `desired` (owned rules of one iptables variant) from `path`, or None (no rules)."""
+    if desired.is_empty():
+        return None
+    pre = [f"ExecStartPre=-iptables-{variant} -t {table} -D{line[2:]}"
+           for table, jumps in sorted(desired.jumps.items()) for line in jumps.values()]
+    service = IPTABLES_SERVICE.format(pre="\n".join(pre), variant=variant, wait=XTABLES_LOCK_WAIT, rules=path)
+    return BootPart(label=f"iptables-{variant}", path=path, content=restore_script(OwnedRules(), desired)[0],
+                    service=service, after=FLUSHING_FIREWALLS[variant], part_of=FLUSHING_FIREWALLS[variant])
+
+
 def persisted_files(variant, desired):
     """{path: content} that bring `desired` (the owned rules of the iptables backend after the run) back at boot."""
-    part = IptablesRuleset(_Variant(variant), parse_save("")).boot_part(desired)
+    part = iptables_boot_part(variant, RULES_FILE, desired)
     return boot_files([part] if part else [], IptablesRuleset.forward_marker(desired))
-
-
-@dataclass
-class _Variant:
-    variant: str
 
 
 def persisted_paths():
@@ -921,11 +918,6 @@ def plan_boot(plan, wanted, systemd):
         # Loading the same rules again: a moment without the jumps, once, as when a firewall reloads.
         plan.add(f"start {RULES_UNIT}, so that it restarts with the firewall loaders",
                  partial(systemd.run, "start", RULES_UNIT))
-
-
-def plan_persistence(plan, variant, desired, persistent, systemd):
-    """The files for boot of the iptables backend's `desired` rules (persistent), or none."""
-    plan_boot(plan, persisted_files(variant, desired) if persistent else {}, systemd)
 
 
 class RolledBack(Exception):
