@@ -45,12 +45,18 @@ echo
 echo "The slave reached the demo service in the master's ns1 through 10.211.55.122:8090 (see the reply column above)."
 echo "The lab is still up; try, from the slave:"
 echo "  source hack/env.sh; ansible -i $inventory slave -m ansible.builtin.uri -a 'url=http://10.211.55.122:8090/ return_content=true'"
+# The teardown takes the same inventory: say so when it is not the default.
+teardown="bash hack/demo.sh"
+if [ -n "${NETNS_EXPOSE_DEMO_INVENTORY:-}" ]; then
+  teardown="NETNS_EXPOSE_DEMO_INVENTORY=$inventory $teardown"
+fi
+echo "The mappings:             source hack/env.sh; ansible -i $inventory master -m ansible.builtin.command -a 'nft list table ip netns_expose'"
 if [ "$demo_playbook" = playbooks/demo.yml ]; then
   echo "A shell on the master:    source hack/env.sh; python tests/lab/nslab.py shell -i $inventory master"
   echo "The demo service's unit:  ... master -- systemctl status netns-expose-demo-http-web.service"
   echo "Reboot it for real:       source hack/env.sh; python tests/lab/nslab.py reboot -i $inventory master"
-  echo "Tear it down with: bash hack/demo.sh --machines --down"
+  echo "Tear it down with: $teardown --machines --down"
 else
   echo "The demo service:         source hack/env.sh; python tests/lab/demo_runner.py -i $inventory status"
-  echo "Tear it down with: bash hack/demo.sh --down"
+  echo "Tear it down with: $teardown --down"
 fi
