@@ -176,7 +176,8 @@ class AnsibleRunner:
         if extra_vars:
             argv += ["-e", f"@{self._new_file('extra-vars.json', json.dumps(extra_vars))}"]
         argv += ["--check"] * check + ["--diff"] * diff + list(extra_args)
-        done = subprocess.run(argv, env=self.env, cwd=REPO, capture_output=True, text=True,
+        # stdin of its own: Ansible refuses a non-blocking one, which a shared stdin may have become.
+        done = subprocess.run(argv, env=self.env, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=ANSIBLE_TIMEOUT, check=False)
         try:
             return {**json.loads(done.stdout), "stderr": done.stderr}

@@ -45,7 +45,8 @@ def test_docs_render_from_the_installed_tarball(installed, plugin):
 
 def run_installed(installed, program, *argv):
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(installed), "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false"}
-    return subprocess.run([BIN / program, *argv], env=env, capture_output=True, text=True, check=False, cwd="/")
+    return subprocess.run([BIN / program, *argv], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False, cwd="/")
 
 
 @pytest.mark.parametrize("role, texts", [

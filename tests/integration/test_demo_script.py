@@ -31,7 +31,8 @@ def demo_lab(tmp_path):
 
 def demo_sh(inventory, *args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NETNS_EXPOSE_DEMO_INVENTORY": str(inventory)}
-    done = subprocess.run(["bash", str(REPO / "hack" / "demo.sh"), *args], env=env, cwd="/", capture_output=True,
+    done = subprocess.run(["bash", str(REPO / "hack" / "demo.sh"), *args], env=env, cwd="/", stdin=subprocess.DEVNULL,
+                          capture_output=True,
                           text=True, check=False, timeout=900)
     assert done.returncode == 0, f"hack/demo.sh {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout

@@ -159,7 +159,7 @@ def test_a_reboot_brings_everything_back_with_no_ansible_run(master):
     assert before["netns"][0] == "ns1" and before["ip_forward"] == "1"
     assert "netns-expose-demo-http-web.service" in before["units"]
     poller = subprocess.Popen(master.lab.command(SLAVE, ["python3", "-c", machines.POLL_UNTIL_BACK, "120"]),  # pylint: disable=consider-using-with
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)  # the poller is asking before the reboot
         master.reboot()

@@ -75,6 +75,8 @@ class LabError(Exception):
 
 def run(argv, check=True, **kwargs):
     """Run argv and capture its output as text; raise LabError if it fails and check is true."""
+    if "input" not in kwargs:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)  # never the caller's: see Lab.exec
     done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
     if check and done.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
@@ -330,8 +332,8 @@ class LabSsh:
         return ["ssh", "-F", self.config, address, *command]
 
     def run(self, address, *command, timeout=60):
-        return subprocess.run(self.argv(address, *command), capture_output=True, text=True, check=False,
-                              timeout=timeout)
+        return subprocess.run(self.argv(address, *command), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False, timeout=timeout)
 
 
 # One machine

@@ -565,6 +565,10 @@ class Lab:
         """Run argv in a lab host's namespaces; return the CompletedProcess (text output, never raises on failure)."""
         kwargs.setdefault("text", True)
         kwargs.setdefault("check", False)
+        if "input" not in kwargs:
+            # Not the caller's stdin: ssh makes its stdin non-blocking, and a shared one would stay so if ssh
+            # is killed, which Ansible then refuses ("Non-blocking file handles detected: <stdin>").
+            kwargs.setdefault("stdin", subprocess.DEVNULL)
         if "capture_output" not in kwargs:
             kwargs.setdefault("stdout", subprocess.PIPE)
             kwargs.setdefault("stderr", subprocess.PIPE)
