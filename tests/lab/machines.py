@@ -482,8 +482,10 @@ def supervise(machine, renew_network):
 # Run on a slave: GET the master's 10.211.55.122:8090 every 20 ms; once it has stopped answering (the
 # master went down), print the time (seconds since the epoch: the machines share this machine's clock)
 # of the first answer again, and the answer. argv[1]: how many seconds to try.
+# A reply cut short (the service stopped between its headers and its body while the machine
+# shut down) counts as down, as a refused connection does.
 POLL_UNTIL_BACK = """
-import sys, time, urllib.request
+import http.client, sys, time, urllib.request
 deadline, down = time.time() + float(sys.argv[1]), False
 while time.time() < deadline:
     try:
@@ -491,7 +493,7 @@ while time.time() < deadline:
         if down:
             print(repr(time.time()), body, flush=True)
             break
-    except OSError:
+    except (OSError, http.client.HTTPException):
         down = True
     time.sleep(0.02)
 """
