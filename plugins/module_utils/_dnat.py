@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 from ansible_collections.netns.expose.plugins.module_utils import _persist
@@ -567,6 +567,21 @@ class DnatPlan(Plan):
     def __init__(self, before):
         super().__init__(before)
         self.conntrack = []
+        self.published = {"rules": [], "hairpin_sources": []}
+
+
+def published_mappings(ruleset, state):
+    """The owned mappings of a ruleset state as entries of the module's `rules`, with the hairpin sources they
+    were set up with: what a later run with exclusive puts back as it is (the rollout's rollback)."""
+    rules, sources = [], set()
+    for name, items in sorted(ruleset.by_name(state).items(), key=lambda entry: str(entry[0])):
+        parsed = ruleset.parse(name, items) if name is not None else None
+        if parsed is None:
+            continue
+        mapping, setup = parsed
+        rules.append({key: value for key, value in asdict(mapping).items() if value is not None})
+        sources.update(setup.sources)
+    return {"rules": rules, "hairpin_sources": sorted(sources)}
 
 
 def _conntrack_keys(lines):
@@ -760,6 +775,7 @@ def plan_dnat(active, spec, ip_forward, conntrack=None, systemd=None, others=())
     view["ip_forward"] = ip_forward
     plan = DnatPlan(view)
     plan.warnings.extend(warnings)
+    plan.published = published_mappings(active, desired)
     described = {mapping.name: mapping.summary() for mapping in spec.mappings}
     set_up = {mapping.name: (mapping, setup) for mapping, setup in moved + declared}
     touched_flows = set()

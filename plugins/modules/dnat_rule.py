@@ -371,6 +371,30 @@ mappings:
       - >-
         -A NETNS-EXPOSE-tcp-8064 -d 10.211.55.122/32 -i eth0 -p tcp -m tcp --dport 8090
         -m comment --comment "netns.expose:http-web" -j DNAT --to-destination 10.244.1.2:9090
+published:
+  description:
+    - Every mapping the collection owns on the host after the run (predicted in check mode), as entries of O(rules),
+      and the O(hairpin_sources) they were set up with.
+    - A later run with these, O(exclusive=true) and RV(backend) as O(backend) puts the mappings back as they are;
+      playbooks/rollout.yml reads them before a batch to roll it back.
+  returned: always
+  type: dict
+  contains:
+    rules:
+      description: The mappings, in the form of O(rules) (unset options left out).
+      type: list
+      elements: dict
+      returned: always
+    hairpin_sources:
+      description: The hairpin sources of the mappings that have an O(rules[].in_interface).
+      type: list
+      elements: str
+      returned: always
+  sample:
+    rules:
+      - {name: http-web-tcp-8090, protocol: tcp, port: 8090, destination: 10.211.55.122, to_address: 10.244.1.2,
+         to_port: 9090, local: true}
+    hairpin_sources: []
 conntrack:
   description:
     - The conntrack entries deleted, one entry per protocol, host port and destination of the mappings that changed
@@ -493,7 +517,8 @@ def main():
 
     for warning in plan.warnings:
         module.warn(warning)
-    result = dict(changed=plan.changed, actions=plan.actions, mappings=plan.after["mappings"], conntrack=plan.conntrack,
+    result = dict(changed=plan.changed, actions=plan.actions, mappings=plan.after["mappings"], published=plan.published,
+                  conntrack=plan.conntrack,
                   backend=backends.name, backend_reason=backends.why, iptables=backends.variant)
     if backends.name == "nftables":
         result["counters"] = backends.active.counters()

@@ -34,8 +34,9 @@ from ansible_collections.netns.expose.plugins.module_utils._probe import parse_c
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput, check_ifname
 
 ROLE_SPECS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "roles", "expose", "meta", "argument_specs.yml")
-# Variables of the expose role that its argument specs do not list: what it sets, and what verify.yml reads.
-OTHER_ROLE_VARIABLES = ("expose_plan", "expose_verify_timeout", "expose_verify_retries")
+# Variables of the expose role that its argument specs do not list: what it sets, and what verify.yml and rollout.yml read.
+OTHER_ROLE_VARIABLES = ("expose_plan", "expose_verify_timeout", "expose_verify_retries", "expose_rollout_serial",
+                        "expose_rollout_max_fail_percentage")
 PAIR_FIELDS = ("netns", "ns_ifname", "host_ifname", "ns_address", "host_address")
 # dnat_rule's option -> the role's field, for messages about a port's mapping.
 MAPPING_FIELD_NAMES = {"port": "host_port", "to_port": "ns_port"}

@@ -3,14 +3,37 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """What playbooks/verify.yml prints: the summary table, and the report of the failed checks.
 
-probes: the registered loop of the probe module, one item per master ({item: master, results: [...]}).
+A slave probes every master in one call of the probe module: checks() makes its checks from the
+masters' plans, by_master() gives its results back per master.
+probes: one item per master ({item: master, results: [...]}), as by_master() returns them.
 plans: {master: its expose_plan}; each plan's targets are in the order of the probe's results, and
 name the mapping and the namespace each check goes through.
 """
 from __future__ import annotations
 
+# Keys of a plan's targets that are for the messages only (the mapping a check goes through, the
+# namespace of its service): the probe module refuses keys it does not know.
+INFORMATIONAL = ("mapping", "netns")
 ROW = "%-16s %-16s %-5s %-5s %6s  %-7s %9s  %s"
 REPLY_WIDTH = 100
+
+
+def checks(plans):
+    """The probe module's checks for every master of plans ({master: expose_plan}), master after master."""
+    return [{key: value for key, value in target.items() if key not in INFORMATIONAL}
+            for plan in plans.values() for target in plan["targets"]]
+
+
+def by_master(results, plans):
+    """The results of one probe call over checks(plans), cut back into one item per master."""
+    probes, start = [], 0
+    for master, plan in plans.items():
+        count = len(plan["targets"])
+        probes.append({"item": master, "results": results[start:start + count]})
+        start += count
+    if start != len(results):
+        raise ValueError(f"{len(results)} probe results for {start} checks of {len(plans)} masters")
+    return probes
 
 
 def _one_line(text):

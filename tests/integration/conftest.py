@@ -222,12 +222,13 @@ def python(request):
 
 
 def failures(run):
-    """(task name, message) of every failure, with the message of each failed loop item."""
+    """(task name, message) of every failure (but those of tasks with ignore_errors), with the message of each
+    failed loop item."""
     found = []
     for play in run["plays"]:
         for task in play["tasks"]:
             for result in task["hosts"].values():
-                if result.get("failed"):
+                if result.get("failed") and not result.get("ignored"):
                     items = [item.get("msg") for item in result.get("results", []) if item.get("failed")]
                     found.append((task["task"]["name"], " ".join(map(str, items)) or result.get("msg")))
     return found

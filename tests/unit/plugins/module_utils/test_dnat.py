@@ -530,3 +530,16 @@ def test_another_connmark_changes_every_mapping():
     converged = save_with([WEB, DNS], ip_forward_mark=True, mark=0x2000000)
     assert "0x2000000/0x2000000 -m conntrack --ctstate DNAT" in converged
     assert build_plan(backend(), spec([WEB, DNS], connmark=0x2000000), parse_save(converged), 1).actions == []
+
+
+def test_published_gives_back_the_owned_mappings_as_rules_entries():
+    sources = ("10.244.1.0/24",)
+    plan, _fake = plan_of(spec([WEB, DNS, PING], hairpin_sources=sources))
+    assert plan.published == {
+        "rules": [{key: value for key, value in vars(mapping).items() if value is not None} for mapping in (DNS, PING, WEB)],
+        "hairpin_sources": list(sources),  # kept by the mappings with an in_interface
+    }
+    # What was published, given back, makes the very same rules.
+    again, _fake = plan_of(spec([Mapping(**rule) for rule in plan.published["rules"]],
+                                hairpin_sources=tuple(plan.published["hairpin_sources"]), exclusive=True))
+    assert again.after == plan.after

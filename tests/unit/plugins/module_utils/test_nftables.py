@@ -559,3 +559,13 @@ def test_a_name_too_long_for_an_element_comment_is_refused():
     nft_plan(spec([Mapping(name="a" * 115, port=1, to_address="10.0.0.1", to_port=1)]))
     with pytest.raises(InvalidInput, match=r"^name: 'a+' is 116 characters long: the nftables backend .* holds 115 "):
         nft_plan(spec([Mapping(name="a" * 116, port=1, to_address="10.0.0.1", to_port=1)]))
+
+
+def test_published_reads_the_table_back_as_rules_entries():
+    # The table nft printed, read without a change: every mapping with what it matches and where it goes.
+    plan, _backend = nft_plan(spec([]), state=fixture_state(), ip_forward=1)
+    published = {rule["name"]: rule for rule in plan.published["rules"]}
+    assert {name: Mapping(**rule) for name, rule in published.items()} == {
+        mapping.name: mapping for mapping, _setup in FIXTURE_UNITS}
+    # The interval set holds 10.244.9.9/32 within 10.244.0.0/16: the sources that take effect.
+    assert plan.published["hairpin_sources"] == ["10.244.0.0/16"]

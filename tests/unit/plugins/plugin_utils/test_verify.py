@@ -1,7 +1,9 @@
 """What verify.yml prints: the summary table and the report of failed checks (plugin_utils/_verify.py)."""
 from __future__ import annotations
 
-from ansible_collections.netns.expose.plugins.plugin_utils._verify import report, summary
+import pytest
+
+from ansible_collections.netns.expose.plugins.plugin_utils._verify import by_master, checks, report, summary
 
 JSON_REPLY = '{"Age":12,"Msg":"hello world! this is DNAT+bridge+Veth pair Test!"}'
 
@@ -63,3 +65,19 @@ def test_an_icmp_failure_asks_for_no_listener_and_skipped_checks_are_no_failure(
         "  ip netns exec ns7 ip route        # has ns7 its default route?",
     ]
     assert report([{"item": "web1", "results": [check()]}], plans) == ""
+
+
+def test_one_probe_call_checks_every_master_and_its_results_go_back_to_each():
+    plans = {"web1": {"targets": [{"target": "web", "protocol": "tcp", "address": "10.0.0.1", "port": 80,
+                                   "mapping": "web-tcp-80", "netns": "ns1"},
+                                  {"target": "web", "protocol": "icmp", "address": "10.0.0.1", "mapping": "web-icmp",
+                                   "netns": "ns1"}]},
+             "web2": {"targets": [{"target": "db", "protocol": "tcp", "address": "10.0.0.2", "port": 5432,
+                                   "mapping": "db-tcp-5432", "netns": "ns2"}]}}
+    assert checks(plans) == [{"target": "web", "protocol": "tcp", "address": "10.0.0.1", "port": 80},
+                             {"target": "web", "protocol": "icmp", "address": "10.0.0.1"},
+                             {"target": "db", "protocol": "tcp", "address": "10.0.0.2", "port": 5432}]
+    results = [check(port=80), check(protocol="icmp"), check(target="db", port=5432)]
+    assert by_master(results, plans) == [{"item": "web1", "results": results[:2]}, {"item": "web2", "results": results[2:]}]
+    with pytest.raises(ValueError, match="2 probe results for 3 checks of 2 masters"):
+        by_master(results[:2], plans)

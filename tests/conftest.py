@@ -1,4 +1,4 @@
-"""Make the checkout importable as ansible_collections.netns.expose for plain pytest.
+"""Make the checkout importable as ansible_collections.netns.expose for plain pytest (unit and integration tests).
 
 ansible-test does this itself; hack/env.sh links the checkout into a collections tree.
 """
