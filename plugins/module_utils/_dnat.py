@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 
 from ansible_collections.netns.expose.plugins.module_utils import _persist
@@ -570,16 +570,24 @@ class DnatPlan(Plan):
         self.published = {"rules": [], "hairpin_sources": []}
 
 
-def published_mappings(ruleset, state):
-    """The owned mappings of a ruleset state as entries of the module's `rules`, with the hairpin sources they
-    were set up with: what a later run with exclusive puts back as it is (the rollout's rollback)."""
+def published_mappings(ruleset, by_name, known=None):
+    """The owned mappings of a ruleset state ({name: items}, as ruleset.by_name gives them) as entries of the
+    module's `rules`, with the hairpin sources they were set up with: what a later run with exclusive puts back
+    as it is (the rollout's rollback).
+
+    known: {name: (mapping, setup)} of the mappings the run sets up, which need no reading back.
+    """
+    known = known or {}
     rules, sources = [], set()
-    for name, items in sorted(ruleset.by_name(state).items(), key=lambda entry: str(entry[0])):
-        parsed = ruleset.parse(name, items) if name is not None else None
+    for name, items in sorted(by_name.items(), key=lambda entry: str(entry[0])):
+        if name is None:
+            continue
+        parsed = known[name] if name in known else ruleset.parse(name, items)
         if parsed is None:
             continue
         mapping, setup = parsed
-        rules.append({key: value for key, value in asdict(mapping).items() if value is not None})
+        # vars, not asdict: a Mapping holds only plain values, and asdict's deep copy costs 60 ms per 1,000.
+        rules.append({key: value for key, value in vars(mapping).items() if value is not None})
         sources.update(setup.sources)
     return {"rules": rules, "hairpin_sources": sorted(sources)}
 
@@ -775,9 +783,9 @@ def plan_dnat(active, spec, ip_forward, conntrack=None, systemd=None, others=())
     view["ip_forward"] = ip_forward
     plan = DnatPlan(view)
     plan.warnings.extend(warnings)
-    plan.published = published_mappings(active, desired)
     described = {mapping.name: mapping.summary() for mapping in spec.mappings}
     set_up = {mapping.name: (mapping, setup) for mapping, setup in moved + declared}
+    plan.published = published_mappings(active, desired_by_name, known=set_up)
     touched_flows = set()
     for name in sorted(name for name in set(current_items) | set(desired_by_name) if name is not None):
         before, after = current_items.get(name), desired_by_name.get(name)
