@@ -220,3 +220,16 @@ def test_with_no_slave_left_the_rollout_stops_and_rolls_nothing_back(fleet_lab):
     fleet_lab.set_services(extra_port=8094)
     run = fleet_lab.rollout()
     assert not failures(run), failures(run)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("expose_state=absent", "rollout.yml rolls out what the masters publish"),
+    ("expose_rollout_max_fail_percentage=ten", "expose_rollout_max_fail_percentage: ten is not a percentage"),
+    ("expose_rollout_max_fail_percentage=101", "expose_rollout_max_fail_percentage: 101 is not a percentage"),
+])
+def test_settings_a_rollout_cannot_honour_are_refused_before_anything_changes(fleet_lab, extra, message):
+    before = fleet_lab.published("m01")
+    run = fleet_lab.rollout("-e", extra)
+    [(_task, text)] = set(failures(run))
+    assert message in text
+    assert fleet_lab.published("m01") == before
