@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from ansible_collections.netns.expose.plugins.plugin_utils._verify import by_master
+
 PAIR_KEYS = ("netns", "ns_ifname", "host_ifname")
 
 
@@ -76,13 +78,9 @@ def judge(batch, outcomes, probes, plans, max_fail_percentage):
             slaves_down.append({"slave": slave, "why": probe.get("msg") or "unreachable"})
             continue
         slaves_used.append(slave)
-        start = 0
-        for master, plan in plans.items():
-            count = len(plan["targets"])
-            for check in probe["results"][start:start + count]:
-                if not check.get("ok") and not check.get("skipped"):
-                    masters[master].append(_check_problem(slave, check))
-            start += count
+        for probed in by_master(probe["results"], plans):
+            masters[probed["item"]] += [_check_problem(slave, check) for check in probed["results"]
+                                        if not check.get("ok") and not check.get("skipped")]
     failed = sorted(master for master, problems in masters.items() if problems)
     unverified = bool(plans) and not slaves_used
     percentage = 100.0 * len(failed) / len(batch) if batch else 0.0
