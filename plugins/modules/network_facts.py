@@ -26,6 +26,9 @@ description:
     M(ansible.builtin.setup) asks the kernel for the route to 8.8.8.8 instead, which is the same route unless
     policy routing or routes more specific than the default one cover that address.
   - Needs the C(ip) program of iproute2 with JSON output (C(-j)), which every current Linux distribution has.
+  - With O(needs), it also says which of the collection's tools the host lacks (RV(missing)), as
+    M(netns.expose.prerequisites) would find them, so that a role can skip that module's call where nothing is
+    missing.
   - The module only reads; it never reports a change.
 author:
   - netns.expose maintainers (@netns-expose)
@@ -44,10 +47,20 @@ attributes:
     support: full
   platform:
     platforms: linux
-options: {}
+options:
+  needs:
+    description:
+      - Tools of the collection to look for, by what the collection uses them for, as O(netns.expose.prerequisites#module:needs).
+      - The ones the host lacks are returned in RV(missing); the module installs nothing.
+    type: list
+    elements: str
+    choices: [pyroute2, iptables, conntrack, nftables]
+    default: []
 notes:
   - The role C(netns.expose.expose) runs this module when C(ansible_facts.interfaces) is not defined yet, so a play
-    that has gathered the network facts (with M(ansible.builtin.setup) or this module) does not read them again.
+    that has gathered the network facts (with M(ansible.builtin.setup) or this module) does not read them again,
+    and, unless C(expose_manage_packages=false), with O(needs), to run M(netns.expose.prerequisites) only
+    on a host that lacks something.
 seealso:
   - module: ansible.builtin.setup
 """
@@ -56,6 +69,16 @@ EXAMPLES = r"""
 - name: Read the host's interfaces and addresses
   netns.expose.network_facts:
 
+- name: Read them, and which tools of the iptables backend the host lacks
+  netns.expose.network_facts:
+    needs: [pyroute2, iptables, conntrack]
+  register: host_read
+
+- name: Install only what is missing
+  netns.expose.prerequisites:
+    needs: "{{ host_read.missing }}"
+  when: host_read.missing | length > 0
+
 - name: The address of the interface of the default route
   ansible.builtin.debug:
     msg: "{{ ansible_facts[ansible_facts.default_ipv4.interface | replace('-', '_')].ipv4.address }}"
@@ -63,6 +86,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+missing:
+  description: The entries of O(needs) that the host lacks (a program not found, or pyroute2 not importable by the
+    Python that runs the module), in the order of O(needs).
+  returned: always
+  type: list
+  elements: str
+  sample: [conntrack]
 ansible_facts:
   description: The facts to add to C(ansible_facts).
   returned: always
@@ -130,10 +160,14 @@ ansible_facts:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netns.expose.plugins.module_utils._network_facts import NetworkFactsError, gather
+from ansible_collections.netns.expose.plugins.module_utils._packages import NEEDS, Host
 
 
 def main():
-    module = AnsibleModule(argument_spec={}, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=dict(needs=dict(type="list", elements="str", choices=list(NEEDS), default=[])),
+        supports_check_mode=True,
+    )
     ip = module.get_bin_path("ip")
     if not ip:
         module.fail_json(msg="the ip program of iproute2 is not on this host (PATH, /sbin, /usr/sbin); "
@@ -142,7 +176,9 @@ def main():
         facts = gather(module.run_command, ip)
     except NetworkFactsError as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, ansible_facts=facts)
+    host = Host(module)
+    missing = [need for need in dict.fromkeys(module.params["needs"]) if not host.usable(need)]
+    module.exit_json(changed=False, missing=missing, ansible_facts=facts)
 
 
 if __name__ == "__main__":

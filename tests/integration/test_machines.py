@@ -138,6 +138,15 @@ def test_apt_installs_offline_from_the_local_repository(machine_lab, machine_ans
     assert not again["changed"] and again["actions"] == [], again
 
 
+def test_network_facts_names_what_prerequisites_would_install(machine_ansible):
+    """The role's read: the fresh master lacks what apt would install; the slave, after the install above, nothing."""
+    needs = {"needs": ["pyroute2", "iptables", "conntrack", "nftables"]}
+    fresh = machine_ansible.run_module(MASTER, "netns.expose.network_facts", needs)
+    assert not fresh["failed"] and fresh["missing"] == ["pyroute2", "iptables", "conntrack"], fresh
+    installed_now = machine_ansible.run_module(SLAVE, "netns.expose.network_facts", needs)
+    assert not installed_now["failed"] and installed_now["missing"] == [], installed_now
+
+
 # Reboot
 
 
