@@ -131,6 +131,10 @@ class Host:
             return self.importable("pyroute2")
         return any(all(self.module.get_bin_path(binary) for binary in binaries) for binaries in BINARIES[need])
 
+    def missing(self, needs):
+        """The needs that are not usable, each once, in the order given."""
+        return [need for need in dict.fromkeys(needs) if not self.usable(need)]
+
 
 def _what_is_missing(need):
     alternatives = [" and ".join(binaries) for binaries in BINARIES[need]]
@@ -150,7 +154,7 @@ class PrerequisitesRun:
         self.host = host or Host(module)
         self.family, self.os_id = os_family(parse_os_release(read_os_release() if os_release is None else os_release))
         self.package_manager = self._package_manager_name()
-        self.missing = [need for need in self.needs if not self.host.usable(need)]
+        self.missing = self.host.missing(self.needs)
         self.packages = []
         self.plan = Plan({"missing": list(self.missing), "installed": []})
         if self.missing:

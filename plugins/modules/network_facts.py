@@ -176,9 +176,7 @@ def main():
         facts = gather(module.run_command, ip)
     except NetworkFactsError as exc:
         module.fail_json(msg=str(exc))
-    host = Host(module)
-    missing = [need for need in dict.fromkeys(module.params["needs"]) if not host.usable(need)]
-    module.exit_json(changed=False, missing=missing, ansible_facts=facts)
+    module.exit_json(changed=False, missing=Host(module).missing(module.params["needs"]), ansible_facts=facts)
 
 
 if __name__ == "__main__":
