@@ -18,12 +18,18 @@ runs, as users run them, and each run is timed (wall-clock seconds, Ansible's st
              plus tcp 8091 -> 9090 on the first (must pass). "n/a" while the playbook does not exist;
 then, not timed, demo services absent and expose.yml with expose_state=absent, so that the
 next --forks value starts on a fresh fleet (checked: no namespace, no rule of the collection left).
+Before them, bench/one_call.yml (one ansible.builtin.ping per master) is timed too: the floor.
 
 How to read it:
 - the first table: seconds of each phase, the same per master, each phase's share of the row's
   total, and no-op/converge (goal <= 0.5: a run that changes nothing costs at most half a converge);
 - the ratio converge+verify at the biggest --masters over 10 masters, at the biggest --forks (goal < 3
   for 50 vs 10 masters at forks 50: five times the masters for less than three times the time);
+  then its floor: what one module call costs per master (one_call.yml's time per added master), the
+  fixed part of converge+verify (its time at 10 masters less 10 times its time per added master), and
+  the ratio that 2 calls per master (one per playbook, the fewest any design makes) or the role's 4
+  and that fixed part would give, had the playbooks no other cost per master: no playbook that makes
+  those calls can do better on this machine;
 - "where the time goes", for the converge and the no-op at the biggest size (masters and forks):
   per task (by name; hosts: its results, one per host, or one per batch for run_once), the host-seconds
   summed over the hosts (from a host's start of the task to its result, lab_json's duration), their
@@ -64,6 +70,7 @@ SLAVES = 2
 EXPOSE = REPO / "playbooks" / "expose.yml"
 VERIFY = REPO / "playbooks" / "verify.yml"
 ROLLOUT = REPO / "playbooks" / "rollout.yml"
+ONE_CALL = REPO / "bench" / "one_call.yml"
 DEMO = REPO / "tests" / "lab" / "demo_services.yml"
 PHASES = ("converge", "no-op", "verify", "rollout")
 # The rollout's real change on every master: one more port on the first service.
@@ -72,6 +79,9 @@ RUN_TIMEOUT = 3600  # seconds for one ansible-playbook run
 NOOP_GOAL = 0.5  # no-op / converge
 SCALE_GOAL = 3.0  # converge+verify at 50 masters / at 10 masters, forks 50
 SCALE_BASE = 10  # masters of the ratio's denominator
+# Module calls per master of converge+verify, for the floor: one per playbook, the fewest any design can make;
+# the collection's first converge (the read, the pairs, the mappings) and verify (the read).
+FLOOR_CALLS = {"one per playbook": 2, "the role's": 4}
 
 
 class BenchFailure(Exception):
@@ -192,6 +202,7 @@ def row_of(fleet_lab, masters, forks, teardown_forks, rollout_vars):
     runs = {}
     row = {"masters": masters, "forks": forks, "runs": runs, "error": None, "fresh": False}
     try:
+        row["one_call"] = fleet_lab.must_pass("one call", fleet_lab.play(ONE_CALL, forks))
         converge = runs["converge"] = fleet_lab.must_pass("converge", fleet_lab.play(EXPOSE, forks))
         fleet_lab.every_master_changed("converge", converge)
         fleet_lab.must_pass("demo services", fleet_lab.play(DEMO, teardown_forks))
@@ -284,10 +295,24 @@ def scale_ratio(rows):
     seconds = {masters: both(at[masters], "seconds") for masters in (biggest, SCALE_BASE)}
     cpu = {masters: both(at[masters], "cpu") for masters in (biggest, SCALE_BASE)}
     ratio, cpu_ratio = seconds[biggest] / seconds[SCALE_BASE], cpu[biggest] / cpu[SCALE_BASE]
-    return (f"converge+verify, masters {biggest} / masters {SCALE_BASE} at forks {forks}: "
+    numbers = {"masters": biggest, "base": SCALE_BASE, "forks": forks, "ratio": ratio, "cpu_ratio": cpu_ratio}
+    text = (f"converge+verify, masters {biggest} / masters {SCALE_BASE} at forks {forks}: "
             f"{seconds[biggest]:.1f} s / {seconds[SCALE_BASE]:.1f} s = {ratio:.2f} for {biggest / SCALE_BASE:.1f}x the masters "
-            f"(goal < {SCALE_GOAL} for 50 vs 10 at forks 50); CPU {cpu[biggest]:.1f} s / {cpu[SCALE_BASE]:.1f} s = {cpu_ratio:.2f}",
-            {"masters": biggest, "base": SCALE_BASE, "forks": forks, "ratio": ratio, "cpu_ratio": cpu_ratio})
+            f"(goal < {SCALE_GOAL} for 50 vs 10 at forks 50); CPU {cpu[biggest]:.1f} s / {cpu[SCALE_BASE]:.1f} s = {cpu_ratio:.2f}")
+    one_call = {masters: at[masters].get("one_call") for masters in (biggest, SCALE_BASE)}
+    if None not in one_call.values():
+        added = biggest - SCALE_BASE
+        per_call = (one_call[biggest].seconds - one_call[SCALE_BASE].seconds) / added
+        fixed = seconds[SCALE_BASE] - SCALE_BASE * (seconds[biggest] - seconds[SCALE_BASE]) / added
+        floors = {label: (fixed + biggest * calls * per_call) / (fixed + SCALE_BASE * calls * per_call)
+                  for label, calls in FLOOR_CALLS.items()}
+        text += (f"\nits floor: one module call costs {per_call:.3f} s per added master (one_call.yml: "
+                 f"{one_call[SCALE_BASE].seconds:.1f} s at {SCALE_BASE}, {one_call[biggest].seconds:.1f} s at {biggest}); "
+                 f"the fixed part of converge+verify is {fixed:.1f} s;\n  with nothing else per master, at best "
+                 + ", ".join(f"{floors[label]:.2f} with {calls} calls per master ({label})"
+                             for label, calls in FLOOR_CALLS.items()))
+        numbers.update(per_call=per_call, fixed=fixed, floors=floors)
+    return text, numbers
 
 
 def print_where(rows):

@@ -8,16 +8,15 @@ from ansible.errors import AnsibleFilterError
 from ansible.utils.display import Display
 
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
-from ansible_collections.netns.expose.plugins.plugin_utils._services import services_plan, unknown_variables
+from ansible_collections.netns.expose.plugins.module_utils._services import services_plan, unknown_variable_warnings
 
 display = Display()
 
 
 def _services_plan(services, state="present", in_interface=None, host_ip=None, facts=None, local=True, variables=(),
                    fail=True):
-    for name, closest in unknown_variables(variables or ()):
-        display.warning(f"{name} is not a variable of the netns.expose.expose role"
-                        + (f"; did you mean {closest}?" if closest else ""))
+    for warning in unknown_variable_warnings(variables or ()):
+        display.warning(warning)
     try:
         return services_plan(services, state=state, in_interface=in_interface, host_ip=host_ip, facts=facts, local=local)
     except InvalidInput as exc:

@@ -37,8 +37,29 @@ VETH_DEFAULT_MTU = 1500
 MTU_MIN, MTU_MAX = 68, 65535
 
 
-# The options of one pair: the module's top-level ones, or the keys of a `pairs` entry.
-PAIR_FIELDS = ("netns", "ns_ifname", "host_ifname", "ns_address", "host_address", "default_route", "mtu")
+# The module's options, here so that plan_services can plan a call of it (one pair: the top-level
+# options, or the keys of a `pairs` entry).
+PAIR_OPTIONS = dict(
+    netns=dict(type="str"),
+    ns_ifname=dict(type="str"),
+    host_ifname=dict(type="str"),
+    ns_address=dict(type="str"),
+    host_address=dict(type="str"),
+    default_route=dict(type="bool", default=True),
+    mtu=dict(type="int"),
+)
+ARGUMENT_SPEC = dict(
+    PAIR_OPTIONS,
+    pairs=dict(type="list", elements="dict", options=PAIR_OPTIONS),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    persistent=dict(type="bool", default=True),
+)
+# The other required options are checked with the rest of a pair, naming the option.
+ARGUMENT_RULES = dict(
+    mutually_exclusive=[("pairs", option) for option in PAIR_OPTIONS],
+    required_one_of=[("netns", "pairs")],
+)
+PAIR_FIELDS = tuple(PAIR_OPTIONS)
 
 
 @dataclass(frozen=True)

@@ -146,3 +146,14 @@ def gather(run_command, ip):
             raise NetworkFactsError(f"{command} failed (rc {rc}): {(err or out).strip() or 'no message'}")
         outputs.append(parse(out, command))
     return network_facts(*outputs)
+
+
+def read(module):
+    """The facts of the module's host; fails the module, saying why, where ip is missing or fails."""
+    ip = module.get_bin_path("ip")
+    if not ip:
+        module.fail_json(msg="the ip program of iproute2 is not on this host (PATH, /sbin, /usr/sbin); install iproute2")
+    try:
+        return gather(module.run_command, ip)
+    except NetworkFactsError as exc:
+        module.fail_json(msg=str(exc))

@@ -257,36 +257,15 @@ from ansible_collections.netns.expose.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
     Netlink,
 )
-from ansible_collections.netns.expose.plugins.module_utils._netns_veth import VethRun
+from ansible_collections.netns.expose.plugins.module_utils._netns_veth import ARGUMENT_RULES, ARGUMENT_SPEC, VethRun
 from ansible_collections.netns.expose.plugins.module_utils._persist import systemd_of
 from ansible_collections.netns.expose.plugins.module_utils._packages import install_hint
 from ansible_collections.netns.expose.plugins.module_utils._plan import PlanApplyError
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
 
-PAIR_OPTIONS = dict(
-    netns=dict(type="str"),
-    ns_ifname=dict(type="str"),
-    host_ifname=dict(type="str"),
-    ns_address=dict(type="str"),
-    host_address=dict(type="str"),
-    default_route=dict(type="bool", default=True),
-    mtu=dict(type="int"),
-)
-
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            PAIR_OPTIONS,
-            pairs=dict(type="list", elements="dict", options=PAIR_OPTIONS),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            persistent=dict(type="bool", default=True),
-        ),
-        # The other required options are checked with the rest of a pair, naming the option.
-        mutually_exclusive=[("pairs", option) for option in PAIR_OPTIONS],
-        required_one_of=[("netns", "pairs")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
     if not HAS_PYROUTE2:
         module.fail_json(msg=f"{missing_required_lib('pyroute2')}. To fix it, {install_hint('pyroute2')}.",
                          exception=PYROUTE2_IMPORT_ERROR)

@@ -57,12 +57,12 @@ options:
     choices: [pyroute2, iptables, conntrack, nftables]
     default: []
 notes:
-  - The role C(netns.expose.expose) runs this module when C(ansible_facts.interfaces) is not defined yet, so a play
-    that has gathered the network facts (with M(ansible.builtin.setup) or this module) does not read them again,
-    and, unless C(expose_manage_packages=false), with O(needs), to run M(netns.expose.prerequisites) only
-    on a host that lacks something.
+  - The role C(netns.expose.expose) reads the same facts, the same way, with M(netns.expose.plan_services), in the
+    call that also checks its services and reads what publishing them would change; this module is for plays that
+    only need the facts, and the tools a host lacks (O(needs)).
 seealso:
   - module: ansible.builtin.setup
+  - module: netns.expose.plan_services
 """
 
 EXAMPLES = r"""
@@ -159,7 +159,7 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netns.expose.plugins.module_utils._network_facts import NetworkFactsError, gather
+from ansible_collections.netns.expose.plugins.module_utils._network_facts import read
 from ansible_collections.netns.expose.plugins.module_utils._packages import NEEDS, Host
 
 
@@ -168,15 +168,7 @@ def main():
         argument_spec=dict(needs=dict(type="list", elements="str", choices=list(NEEDS), default=[])),
         supports_check_mode=True,
     )
-    ip = module.get_bin_path("ip")
-    if not ip:
-        module.fail_json(msg="the ip program of iproute2 is not on this host (PATH, /sbin, /usr/sbin); "
-                             "install iproute2")
-    try:
-        facts = gather(module.run_command, ip)
-    except NetworkFactsError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, missing=Host(module).missing(module.params["needs"]), ansible_facts=facts)
+    module.exit_json(changed=False, missing=Host(module).missing(module.params["needs"]), ansible_facts=read(module))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def master_extras(lab):
 
 
 def as_the_role_reads(facts):
-    """What plugin_utils/_services.py reads of the network facts (facts without the ansible_ prefix)."""
+    """What module_utils/_services.py reads of the network facts (facts without the ansible_ prefix)."""
     interfaces = sorted(facts["interfaces"])
     return {
         "interfaces": interfaces,

@@ -132,9 +132,34 @@ def test_the_number_of_module_calls_does_not_grow_with_the_services(lab, pristin
         assert len(sh(lab, "ip", "netns", "list").splitlines()) == count
         calls[count] = module_calls(run)
     assert calls[1] == calls[6]
-    # The read (interfaces and missing tools), the pairs, the mappings: the lab has every tool, so no prerequisites.
+    # The read (services planned, missing tools, pending changes), the pairs, the mappings: the lab has
+    # every tool, so no prerequisites.
     assert len(calls[6]) == 3, calls[6]
     assert not [name for name in calls[6] if name.endswith("Install what the modules need")], calls[6]
+
+
+def test_a_run_that_finds_the_host_as_declared_makes_one_module_call(lab, pristine, run_playbook):
+    """The read says the pairs and mappings are as declared, so their calls are skipped; a change behind the
+    role's back (a firewall flush, a pair deleted) makes the read find it, and only that call runs."""
+    first = run_playbook(EXPOSE)
+    assert not failures(first), failures(first)
+    published = host_state(lab)
+    noop = run_playbook(EXPOSE)
+    assert not failures(noop) and changed_tasks(noop) == []
+    assert module_calls(noop) == ["Check the services against the host and read what publishing them would change"]
+
+    scrub_netfilter(lab)  # what a firewall reload does to the mappings
+    sh(lab, "iptables", "-P", "FORWARD", "DROP")
+    repaired = run_playbook(EXPOSE)
+    assert not failures(repaired), failures(repaired)
+    assert changed_tasks(repaired) == ["Publish the ports (one transaction for every mapping)"]
+    assert host_state(lab) == published
+
+    sh(lab, "ip", "link", "del", "veth1b")
+    repaired = run_playbook(EXPOSE)
+    assert not failures(repaired), failures(repaired)
+    assert changed_tasks(repaired) == ["Create the namespaces and veth pairs"]
+    assert host_state(lab) == published
 
 
 def test_exclusive_removes_mappings_no_service_lists(lab, pristine, run_playbook):

@@ -33,7 +33,7 @@ from ansible_collections.netns.expose.plugins.module_utils._network_facts import
     parse,
 )
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
-from ansible_collections.netns.expose.plugins.plugin_utils._services import services_plan
+from ansible_collections.netns.expose.plugins.module_utils._services import services_plan
 
 ADDR_SHOW = json.loads("""
 [

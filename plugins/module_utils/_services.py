@@ -3,23 +3,19 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """From the role's declarative `expose_services` to what the modules are called with.
 
-The role calls this (through the services_plan filter) on the controller, once per
-host, before any module runs: everything that can be wrong is refused here, with
-the service and the field named, before anything changes. The checks are the
-modules' own: each service's pair is parsed by netns_veth's VethSpec, each port by
-dnat_rule's mapping parser and its verification check by probe's; only their
-messages are renamed to the role's fields. The result batches every pair into one
-netns_veth call and every mapping into one dnat_rule call, whatever the number of
-services.
+The role calls this on each host, in the plan_services module, where the host's
+interfaces are read (the services_plan filter calls it on the controller), before
+anything changes: everything that can be wrong is refused here, with the service
+and the field named. The checks are the modules' own: each service's pair is parsed
+by netns_veth's VethSpec, each port by dnat_rule's mapping parser and its
+verification check by probe's; only their messages are renamed to the role's
+fields. The result batches every pair into one netns_veth call and every mapping
+into one dnat_rule call, whatever the number of services.
 """
 from __future__ import annotations
 
 import difflib
-import functools
 import ipaddress
-import os
-
-import yaml
 
 from ansible.module_utils.common.validation import check_type_bool, check_type_int, check_type_str
 from ansible.module_utils.parsing.convert_bool import boolean
@@ -31,9 +27,9 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
 )
 from ansible_collections.netns.expose.plugins.module_utils._netns_veth import VethSpec, check_pairs_apart
 from ansible_collections.netns.expose.plugins.module_utils._probe import parse_check
+from ansible_collections.netns.expose.plugins.module_utils._role_spec import ROLE_VARIABLES, SERVICE_OPTIONS
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput, check_ifname
 
-ROLE_SPECS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "roles", "expose", "meta", "argument_specs.yml")
 # Variables of the expose role that its argument specs do not list: what it sets, and what verify.yml and rollout.yml read.
 OTHER_ROLE_VARIABLES = ("expose_plan", "expose_verify_timeout", "expose_verify_retries", "expose_rollout_serial",
                         "expose_rollout_max_fail_percentage")
@@ -46,19 +42,9 @@ TYPE_CHECKS = {"str": check_type_str, "int": check_type_int, "bool": check_type_
 TYPE_NAMES = {"str": "a string", "int": "an integer", "bool": "a boolean (true/false, yes/no, 1/0)"}
 
 
-@functools.lru_cache(maxsize=None)
-def role_specs():
-    """The expose role's argument specs (meta/argument_specs.yml), by entry point."""
-    with open(ROLE_SPECS, encoding="utf-8") as specs:
-        return yaml.safe_load(specs)["argument_specs"]
-
-
 def known_variables():
     """Every variable the expose role knows."""
-    names = set(OTHER_ROLE_VARIABLES)
-    for entry_point in ("main", "plan"):
-        names.update(role_specs()[entry_point]["options"])
-    return names
+    return set(ROLE_VARIABLES) | set(OTHER_ROLE_VARIABLES)
 
 
 def unknown_variables(names):
@@ -66,6 +52,12 @@ def unknown_variables(names):
     known = sorted(known_variables())
     return [(name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None))
             for name in sorted(set(names) - set(known)) if name.startswith("expose_")]
+
+
+def unknown_variable_warnings(names):
+    """One warning per expose_ variable the role does not know (a misspelt name would be ignored)."""
+    return [f"{name} is not a variable of the netns.expose.expose role" + (f"; did you mean {closest}?" if closest else "")
+            for name, closest in unknown_variables(names)]
 
 
 # The fields of a service, checked against the role's `service` entry point
@@ -125,7 +117,7 @@ class _Service:
         label = f"expose_services[{index}]"
         name = raw.get("name") if isinstance(raw, dict) else None
         self.where = f"{label} ({name})" if isinstance(name, str) and name else label
-        fields = check_fields(self.where, raw, role_specs()["service"]["options"])
+        fields = check_fields(self.where, raw, SERVICE_OPTIONS)
         self.name = fields["name"]
         self.demo = fields["demo"]
         self.pair = {key: fields[key] for key in PAIR_FIELDS}

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
-from ansible_collections.netns.expose.plugins.plugin_utils._services import services_plan, unknown_variables
+from ansible_collections.netns.expose.plugins.module_utils._services import services_plan, unknown_variables
 
 # Network facts as ansible.builtin.setup (gather_subset network) reports a lab master.
 FACTS = {
