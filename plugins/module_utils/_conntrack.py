@@ -37,16 +37,32 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 CTA_TUPLE_ORIG = 1
+CTA_TUPLE_REPLY = 2
+CTA_STATUS = 3
+CTA_PROTOINFO = 4
+CTA_TIMEOUT = 7
+CTA_MARK = 8
+CTA_PROTOINFO_TCP = 1
+CTA_PROTOINFO_TCP_STATE = 1
 CTA_ID = 12
 CTA_ZONE = 18
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2
+CTA_IP_V4_SRC = 1
 CTA_IP_V4_DST = 2
 CTA_PROTO_NUM = 1
+CTA_PROTO_SRC_PORT = 2
 CTA_PROTO_DST_PORT = 3
+CTA_PROTO_ICMP_ID = 4
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
+# The bits of an entry's status that say what happened to its flow (include/uapi/linux/netfilter/nf_conntrack_common.h).
+STATUS_BITS = ((1 << 1, "SEEN_REPLY"), (1 << 2, "ASSURED"), (1 << 4, "SRC_NAT"), (1 << 5, "DST_NAT"))
+TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE",
+              "SYN_SENT2")
+_U32 = struct.Struct(">I")
 PORTED = (6, 17)
 # Delete requests sent before their acknowledgements are read: the acknowledgements must fit
 # in the socket's receive buffer (each takes about 1 KiB of it; the default is 208 KiB).
@@ -148,6 +164,44 @@ def entry_key(data, start, end):
     return None
 
 
+def _tuple(data, start, end):
+    """{protocol, src, dst, sport, dport} of a CTA_TUPLE_* attribute's value (icmp: the echo id as sport, dport None)."""
+    found = {"protocol": None, "src": None, "dst": None, "sport": None, "dport": None}
+    for kind, value, value_end, _at in _attributes(data, start, end):
+        for leaf, leaf_value, leaf_end, _a in _attributes(data, value, value_end):
+            size = leaf_end - leaf_value
+            if kind == CTA_TUPLE_IP and leaf in (CTA_IP_V4_SRC, CTA_IP_V4_DST) and size == 4:
+                found["src" if leaf == CTA_IP_V4_SRC else "dst"] = socket.inet_ntoa(bytes(data[leaf_value:leaf_end]))
+            elif kind == CTA_TUPLE_PROTO and leaf == CTA_PROTO_NUM and size >= 1:
+                found["protocol"] = PROTOCOL_NAMES.get(data[leaf_value], str(data[leaf_value]))
+            elif kind == CTA_TUPLE_PROTO and leaf in (CTA_PROTO_SRC_PORT, CTA_PROTO_ICMP_ID) and size == 2:
+                found["sport"] = _PORT.unpack_from(data, leaf_value)[0]
+            elif kind == CTA_TUPLE_PROTO and leaf == CTA_PROTO_DST_PORT and size == 2:
+                found["dport"] = _PORT.unpack_from(data, leaf_value)[0]
+    return found
+
+
+def describe_entry(data, start, end):
+    """One ctnetlink message's entry as conntrack -L shows it: its original and reply tuples (a DNAT shows as a
+    reply that comes from the target instead of the original destination), status, tcp state, mark, timeout."""
+    entry = {"original": None, "reply": None, "status": [], "tcp_state": None, "mark": None, "timeout": None}
+    for kind, value, value_end, _at in _attributes(data, start, end):
+        if kind in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
+            entry["original" if kind == CTA_TUPLE_ORIG else "reply"] = _tuple(data, value, value_end)
+        elif kind == CTA_STATUS and value_end - value == 4:
+            status = _U32.unpack_from(data, value)[0]
+            entry["status"] = [name for bit, name in STATUS_BITS if status & bit]
+        elif kind in (CTA_MARK, CTA_TIMEOUT) and value_end - value == 4:
+            entry["mark" if kind == CTA_MARK else "timeout"] = _U32.unpack_from(data, value)[0]
+        elif kind == CTA_PROTOINFO:
+            for info, info_value, info_end, _a in _attributes(data, value, value_end):
+                for leaf, leaf_value, leaf_end, _b in _attributes(data, info_value, info_end):
+                    if info == CTA_PROTOINFO_TCP and leaf == CTA_PROTOINFO_TCP_STATE and leaf_end > leaf_value:
+                        state = data[leaf_value]
+                        entry["tcp_state"] = TCP_STATES[state] if state < len(TCP_STATES) else str(state)
+    return entry
+
+
 def delete_payload(data, start, end):
     """The payload of a request that deletes the entry of one ctnetlink message: its original tuple, its zone,
     and its id (which makes the kernel delete this entry and no other that took its tuple since)."""
@@ -209,9 +263,8 @@ class NetlinkConntrack:
             raise ConntrackError(f"netlink: {exc}") from exc
         return bytes(self.buffer[:size])
 
-    def entries(self):
-        """(protocol number, port, destination, message, start, end) of every IPv4 entry, read in one dump;
-        message[start:end] are its attributes, for delete_payload."""
+    def _dump(self):
+        """(message, start, end) of every IPv4 entry, read in one dump; message[start:end] are its attributes."""
         seq = self._next_seq()
         self.sock.send(dump_request(seq))
         skip = len(NFGENMSG_IPV4)
@@ -225,9 +278,20 @@ class NetlinkConntrack:
                 if kind == NLMSG_ERROR:
                     code = error_code(data, start)
                     raise ConntrackError(f"reading the conntrack table: {os.strerror(code)}")
-                key = entry_key(data, start + skip, end)
-                if key is not None:
-                    yield (*key, data, start + skip, end)
+                yield data, start + skip, end
+
+    def entries(self):
+        """(protocol number, port, destination, message, start, end) of every IPv4 entry, read in one dump;
+        message[start:end] are its attributes, for delete_payload."""
+        for data, start, end in self._dump():
+            key = entry_key(data, start, end)
+            if key is not None:
+                yield (*key, data, start, end)
+
+    def described(self):
+        """Every IPv4 entry, as describe_entry gives it, read in one dump."""
+        for data, start, end in self._dump():
+            yield describe_entry(data, start, end)
 
     def delete(self, payloads):
         """Delete entries by their delete payloads, BATCH requests at a time; for each, whether it was deleted

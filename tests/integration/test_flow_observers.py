@@ -5,7 +5,8 @@ service in ns1 and curl on the slave:
   chains, where the DNAT is decided) and the later ones (translated by conntrack, the filter chains only);
   the trace leaves nothing behind, also when the traced block fails;
 - module_utils/_capture.py, the packets at each hop: the destination rewritten by the DNAT between the
-  master's LAN interface and the veth pair on the way in, the source restored on the way out.
+  master's LAN interface and the veth pair on the way in, the source restored on the way out;
+- module_utils/_conntrack.py's reading of the flow's entry: the reply tuple comes from the service.
 """
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ with Capture(json.loads(sys.argv[1]), lambda protocol, src, dst, sport, dport: p
     print("capturing", flush=True)
     sys.stdin.readline()
 print(json.dumps([[p.hop, p.direction, p.tuple_text()] for p in capture.packets]), flush=True)
+"""
+# Runs in the master: its conntrack entries whose original source port is argv[1], as JSON (after a line on stdin).
+CONNTRACK_DRIVER = """
+import json, sys
+from ansible_collections.netns.expose.plugins.module_utils._conntrack import NetlinkConntrack
+print("reading", flush=True)
+sys.stdin.readline()
+table = NetlinkConntrack()
+try:
+    print(json.dumps([entry for entry in table.described() if (entry["original"] or {}).get("sport") == int(sys.argv[1])]))
+finally:
+    table.close()
 """
 # Runs in the master: arms the trace for the flow of argv[1], says "armed", waits for a line on stdin (or EOF),
 # then prints the traced packets as JSON; with argv[2] == "fail" the traced block raises instead.
@@ -173,3 +186,18 @@ def test_each_hop_shows_the_packet_as_the_dnat_left_it(lab, published):
     order = [tuple(packet) for packet in seen_master + seen_slave]
     assert seen_master.index(["ns1 veth1a", "in", f"tcp {client} > {service} {syn}"]) \
         < seen_master.index(["ns1 veth1a", "out", f"tcp {service} > {client} {syn_ack}"]), order
+
+
+def test_the_conntrack_entry_shows_the_dnat(lab, published):
+    client_port = next(CLIENT_PORTS)
+    assert curl(lab, client_port) == DEMO_REPLY
+    driver, first = driven(lab, MASTER, CONNTRACK_DRIVER, str(client_port))
+    entries, returncode, err = finish(driver)
+    assert (first, returncode) == ("reading", 0), err
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert entry["original"] == {"protocol": "tcp", "src": SLAVE_IP, "dst": MASTER_IP, "sport": client_port, "dport": 8090}
+    assert entry["reply"] == {"protocol": "tcp", "src": "10.244.1.2", "dst": SLAVE_IP, "sport": 9090, "dport": client_port}
+    assert {"DST_NAT", "SEEN_REPLY"} <= set(entry["status"]) and "SRC_NAT" not in entry["status"], entry
+    assert entry["mark"] & 0x1000000, entry  # the connmark bit of the mapped flows (accept_forward)
+    assert entry["tcp_state"] in ("TIME_WAIT", "CLOSE", "FIN_WAIT", "LAST_ACK", "CLOSE_WAIT"), entry  # curl is done

@@ -230,3 +230,20 @@ def test_netlink_first_then_the_tool_then_nothing(monkeypatch):
     assert ConntrackTable(module).method == "conntrack tool"
     module.get_bin_path.return_value = None
     assert ConntrackTable(module).method is None
+
+
+def test_an_entry_reads_as_conntrack_lists_it():
+    """Both tuples (the reply from the DNAT's target), the status bits that tell what happened, the tcp state."""
+    message = bytearray(tcp_entry(8090, 1))
+    message += nest(4, nest(1, nla(1, bytes([3]))))  # CTA_PROTOINFO, its tcp state ESTABLISHED
+    message += nla(8, struct.pack(">I", 0x1000000))  # CTA_MARK
+    struct.pack_into("=I", message, 0, len(message))
+    assert _conntrack.describe_entry(*attributes_of(bytes(message))) == {
+        "original": {"protocol": "tcp", "src": "10.211.55.123", "dst": "10.211.55.122", "sport": 40000, "dport": 8090},
+        "reply": {"protocol": "tcp", "src": "10.244.1.2", "dst": "10.211.55.123", "sport": 9090, "dport": 40000},
+        "status": ["SEEN_REPLY", "ASSURED"],  # 0x18e: and the NAT done bits, not the NAT ones of this fabrication
+        "tcp_state": "ESTABLISHED", "mark": 0x1000000, "timeout": 100,
+    }
+    entry = _conntrack.describe_entry(*attributes_of(icmp_entry(5)))
+    assert entry["original"] == {"protocol": "icmp", "src": "10.211.55.123", "dst": "10.211.55.122", "sport": 7,
+                                 "dport": None}
