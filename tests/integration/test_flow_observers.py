@@ -6,7 +6,8 @@ service in ns1 and curl on the slave:
   the trace leaves nothing behind, also when the traced block fails;
 - module_utils/_capture.py, the packets at each hop: the destination rewritten by the DNAT between the
   master's LAN interface and the veth pair on the way in, the source restored on the way out;
-- module_utils/_conntrack.py's reading of the flow's entry: the reply tuple comes from the service.
+- module_utils/_conntrack.py's reading of the flow's entry: the reply tuple comes from the service;
+- module_utils/_path.py: the route of the DNAT-ed request (refused with ip_forward off), the ARP entries.
 """
 from __future__ import annotations
 
@@ -49,6 +50,22 @@ try:
     print(json.dumps([entry for entry in table.described() if (entry["original"] or {}).get("sport") == int(sys.argv[1])]))
 finally:
     table.close()
+"""
+# Runs in the master: the route of the DNAT-ed request and the neighbour entries of the master and ns1, as JSON
+# (the route's error instead, when the kernel refuses it), after a line on stdin.
+PATH_DRIVER = """
+import json, subprocess, sys
+from ansible_collections.netns.expose.plugins.module_utils._path import PathError, neighbours, route_of
+def run(argv):
+    done = subprocess.run(argv, capture_output=True, text=True)
+    return done.returncode, done.stdout, done.stderr
+print("reading", flush=True)
+sys.stdin.readline()
+try:
+    route = route_of(run, "ip", "10.244.1.2", sys.argv[1], "eth0")
+except PathError as exc:
+    route = str(exc)
+print(json.dumps({"route": route, "master": neighbours(run, "ip"), "ns1": neighbours(run, "ip", netns="ns1")}))
 """
 # Runs in the master: arms the trace for the flow of argv[1], says "armed", waits for a line on stdin (or EOF),
 # then prints the traced packets as JSON; with argv[2] == "fail" the traced block raises instead.
@@ -201,3 +218,26 @@ def test_the_conntrack_entry_shows_the_dnat(lab, published):
     assert {"DST_NAT", "SEEN_REPLY"} <= set(entry["status"]) and "SRC_NAT" not in entry["status"], entry
     assert entry["mark"] & 0x1000000, entry  # the connmark bit of the mapped flows (accept_forward)
     assert entry["tcp_state"] in ("TIME_WAIT", "CLOSE", "FIN_WAIT", "LAST_ACK", "CLOSE_WAIT"), entry  # curl is done
+
+
+def read_path(lab):
+    driver, first = driven(lab, MASTER, PATH_DRIVER, SLAVE_IP)
+    path, returncode, err = finish(driver)
+    assert (first, returncode) == ("reading", 0), err
+    return path
+
+
+def test_the_route_and_the_neighbours_of_the_mapped_flow(lab, published):
+    assert curl(lab, next(CLIENT_PORTS)) == DEMO_REPLY
+    path = read_path(lab)
+    assert path["route"]["dev"] == "veth1b", path
+    entries = {(entry["address"], entry["dev"]): entry for entry in path["master"]}
+    assert entries[(SLAVE_IP, "eth0")]["mac"] and entries[("10.244.1.2", "veth1b")]["mac"], path["master"]
+    assert any(entry["address"] == "10.244.1.3" and entry["dev"] == "veth1a" and entry["mac"] for entry in path["ns1"])
+    was = sh(lab, "sysctl", "-n", "net.ipv4.ip_forward").strip()
+    sh(lab, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+    try:
+        refused = read_path(lab)["route"]
+    finally:
+        sh(lab, "sysctl", "-qw", f"net.ipv4.ip_forward={was}")
+    assert isinstance(refused, str) and "route get 10.244.1.2" in refused, refused
