@@ -7,7 +7,9 @@ service in ns1 and curl on the slave:
 - module_utils/_capture.py, the packets at each hop: the destination rewritten by the DNAT between the
   master's LAN interface and the veth pair on the way in, the source restored on the way out;
 - module_utils/_conntrack.py's reading of the flow's entry: the reply tuple comes from the service;
-- module_utils/_path.py: the route of the DNAT-ed request (refused with ip_forward off), the ARP entries.
+- module_utils/_path.py: the route of the DNAT-ed request (refused with ip_forward off), the ARP entries;
+- the module flow_watch, which puts them together on the master, run as its documentation says (async, a
+  request from the slave in between).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DNAT_BACKENDS, with_backend
+from conftest import DNAT_BACKENDS, failures, with_backend
 from master_host import DEMO_REPLY, DEMO_SERVICE, MASTER, RECIPE_PAIR, sh
 from test_dnat_correctness import Undo, mapping, start, veth_pair  # pylint: disable=import-error
 
@@ -241,3 +243,76 @@ def test_the_route_and_the_neighbours_of_the_mapped_flow(lab, published):
     finally:
         sh(lab, "sysctl", "-qw", f"net.ipv4.ip_forward={was}")
     assert isinstance(refused, str) and "route get 10.244.1.2" in refused, refused
+
+
+WATCH_PLAY = """
+- name: Watch the mapping while the slave sends one request
+  hosts: master
+  gather_facts: false
+  tasks:
+    - name: Watch
+      netns.expose.flow_watch:
+        run_id: "{{ run_id }}"
+        flows:
+          - {name: web, protocol: tcp, client: 10.211.55.123, client_port: "{{ client_port }}", address: 10.211.55.122,
+             port: 8090, to_address: 10.244.1.2, to_port: 9090, in_interface: eth0, host_ifname: veth1b, netns: ns1,
+             ns_ifname: veth1a}
+      async: 60
+      poll: 0
+      register: watch
+    - name: Wait until the master watches
+      ansible.builtin.wait_for:
+        path: "/run/netns-expose/explain/{{ run_id }}/ready"
+        timeout: 30
+
+# Its own play, not delegate_to: the lab's connection variables name the host they are templated for.
+- name: One request from the slave, from the flow's port
+  hosts: slave
+  gather_facts: false
+  tasks:
+    - name: One request from the slave
+      ansible.builtin.command:
+        argv: [curl, -s, -m, "5", --local-port, "{{ client_port }}", "http://10.211.55.122:8090/"]
+      changed_when: false
+
+- name: Collect what the master saw
+  hosts: master
+  gather_facts: false
+  tasks:
+    - name: Say the probes are over
+      ansible.builtin.file:
+        path: "/run/netns-expose/explain/{{ run_id }}/done"
+        state: touch
+        mode: "0600"
+    - name: Collect what the master saw
+      ansible.builtin.async_status:
+        jid: "{{ watch.ansible_job_id }}"
+      register: seen
+      until: seen.finished
+      retries: 60
+      delay: 1
+"""
+
+
+def test_flow_watch_reports_the_flow_hop_by_hop_and_chain_by_chain(lab, published, run_playbook):
+    client_port = next(CLIENT_PORTS)
+    run = run_playbook(WATCH_PLAY, extra_vars={"run_id": f"w{client_port}", "client_port": client_port})
+    assert not failures(run), failures(run)
+    seen = next(task["hosts"]["master"] for play in run["plays"] for task in play["tasks"]
+                if task["task"]["name"] == "Collect what the master saw")
+    assert seen["finished"] and seen["ip_forward"] == 1
+    (flow,) = seen["flows"]
+    client = f"{SLAVE_IP}:{client_port}"
+    hops = {(hop["hop"], hop["direction"], hop["packet"]) for hop in flow["hops"]}
+    assert {("master eth0", "in", f"tcp {client} > {MASTER_IP}:8090 [S]"),
+            ("master veth1b", "out", f"tcp {client} > 10.244.1.2:9090 [S]"),
+            ("ns1 veth1a", "in", f"tcp {client} > 10.244.1.2:9090 [S]")} <= hops, sorted(hops)
+    first, later = flow["chains"]["request"]["first"], flow["chains"]["request"]["later"]
+    assert nat_chains({"hops": [[c["chain"], c["rules"], c["verdict"]] for c in first["chains"]]})
+    assert not nat_chains({"hops": [[c["chain"], c["rules"], c["verdict"]] for c in later["chains"]]})
+    (entry,) = flow["conntrack"]
+    assert entry["reply"]["src"] == "10.244.1.2" and "DST_NAT" in entry["status"]
+    assert flow["route"]["dev"] == "veth1b"
+    assert any(neighbour["address"] == "10.244.1.3" for neighbour in seen["neighbours"]["ns1"])
+    assert trace_tables(lab) == []
+    assert lab.exec(MASTER, ["test", "-e", f"/run/netns-expose/explain/w{client_port}"]).returncode != 0

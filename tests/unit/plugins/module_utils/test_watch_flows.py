@@ -1,0 +1,39 @@
+"""module_utils/_watch.py without a kernel: the flows it is given, refused naming the field, and where it captures
+(tests/integration/test_flow_observers.py runs flow_watch on the lab)."""
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
+from ansible_collections.netns.expose.plugins.module_utils._watch import capture_points, flows_from_params
+
+WEB = {"name": "web", "protocol": "tcp", "client": "10.211.55.123", "client_port": 41001, "address": "10.211.55.122",
+       "port": 8090, "to_address": "10.244.1.2", "to_port": 9090, "in_interface": "eth0", "host_ifname": "veth1b",
+       "netns": "ns1", "ns_ifname": "veth1a"}
+
+
+def test_each_interface_is_captured_once_in_its_namespace():
+    dns = {**WEB, "name": "dns", "protocol": "udp", "client_port": 41002, "port": 8053, "to_port": 53}
+    db = {**WEB, "name": "db", "client_port": 41003, "port": 5432, "to_address": "10.244.2.2", "to_port": 5432,
+          "host_ifname": "veth2b", "netns": "ns2", "ns_ifname": "veth2a"}
+    assert capture_points(flows_from_params([WEB, dns, db])) == [
+        ("master eth0", "eth0", None), ("master veth1b", "veth1b", None), ("ns1 veth1a", "veth1a", "/run/netns/ns1"),
+        ("master veth2b", "veth2b", None), ("ns2 veth2a", "veth2a", "/run/netns/ns2")]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"client": "10.211.55"}, r"flows\[0\]\.client: "),
+    ({"client_port": 70000}, r"flows\[0\]\.client_port: 70000 is outside 1\.\.65535"),
+    ({"in_interface": "eth0 x"}, r"flows\[0\]\.in_interface: "),
+    ({"netns": "../x"}, r"flows\[0\]\.netns: "),
+    ({"protocol": "icmp"}, r"flows\[0\]\.protocol: 'icmp' cannot be traced by port"),
+    ({"to_address": None}, r"flows\[0\]\.to_address: is required"),
+])
+def test_a_bad_flow_is_refused_naming_its_field(change, message):
+    with pytest.raises(InvalidInput, match=message):
+        flows_from_params([{**WEB, **change}])
+
+
+def test_each_flow_needs_its_own_client_port():
+    with pytest.raises(InvalidInput, match="flows: two flows have one client_port"):
+        flows_from_params([WEB, {**WEB, "name": "again"}])
