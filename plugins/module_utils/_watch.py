@@ -7,7 +7,8 @@ The master arms the trace (_trace) and the captures (_capture) on its LAN interf
 each flow's veth pair, says so with a `ready` file in the run's directory, and watches until a `done` file
 appears there (the probes are over) or the time is up. Then it reads the flows' conntrack entries, the
 route each DNAT-ed request takes, the neighbour entries of the master and of the namespaces, and
-ip_forward. The run's directory and the trace table go whatever happens.
+ip_forward. The run's directory (and its parents, when empty) and the trace table go whatever happens
+short of a kill: the run ends by itself at its timeout when nobody creates `done`.
 """
 from __future__ import annotations
 
@@ -76,6 +77,18 @@ def flows_from_params(entries):
     return flows
 
 
+def remove_run_directory(directory, levels=2):
+    """Remove a run's directory, and the `levels` directories above it when no other run has one there
+    (explain/ and netns-expose/ of RUN_DIR): nothing of the run stays."""
+    shutil.rmtree(directory, ignore_errors=True)
+    for _level in range(levels):
+        directory = os.path.dirname(directory)
+        try:
+            os.rmdir(directory)
+        except OSError:  # another run's directory is there (or it is gone already)
+            return
+
+
 def capture_points(flows):
     """[(hop, interface, netns path)]: the master's LAN interface, then each pair's host and namespace ends, once each."""
     points = {}
@@ -127,7 +140,7 @@ class Watch:
                 finished = self._await_done()
             return self._report(trace.packets, capture.packets, finished)
         finally:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            remove_run_directory(self.directory)
 
     def _await_done(self):
         deadline = time.monotonic() + self.timeout

@@ -20,7 +20,9 @@ description:
   - Then it reads each flow's conntrack entry (the reply tuple from the service shows the DNAT), the route the
     DNAT-ed request takes (C(ip route get <to_address> from <client> iif <in_interface>), refused as forwarding
     would refuse it), the neighbour entries of the master and of each namespace, and C(ip_forward).
-  - The trace table and the run's directory go when the module ends, also when it fails or times out.
+  - The trace table and the run's directory (and C(/run/netns-expose/explain) and C(/run/netns-expose) when no
+    other run is there) go when the module ends, also when it fails or times out; only a kill (as C(async)'s
+    time limit does) keeps them, so keep O(timeout) below the task's C(async).
     The iptables-legacy chains are not nftables and do not show in the trace.
 author:
   - netns.expose maintainers (@netns-expose)

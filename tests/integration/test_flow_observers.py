@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import DNAT_BACKENDS, failures, with_backend
@@ -27,6 +28,7 @@ from test_dnat_correctness import Undo, mapping, start, veth_pair  # pylint: dis
 from ansible_collections.netns.expose.plugins.module_utils._trace import TABLE_PREFIX, Flow
 
 SLAVE, SLAVE_IP, MASTER_IP = "slave", "10.211.55.123", "10.211.55.122"
+RUN_PARENT = "/run/netns-expose"  # flow_watch's runs are under its explain/
 # Each trace's own client port: a flow that reused one would meet the TIME_WAIT of the last (and its conntrack entry).
 CLIENT_PORTS = itertools.count(20000 + os.getpid() % 10000, 7)
 WEB = dict(name="web", protocol="tcp", port=8090, to_address="10.244.1.2", to_port=9090, in_interface="eth0")
@@ -294,9 +296,23 @@ WATCH_PLAY = """
 """
 
 
+def watch_over(lab, run_dir):
+    """Once the playbook is over, also when it failed: the watch told to end, and gone with its directory; True
+    when nothing of it is left (the lab's teardown would kill a watch still running, before it cleans up)."""
+    lab.exec(MASTER, ["touch", f"{run_dir}/done"])
+    deadline = time.monotonic() + 30
+    while lab.exec(MASTER, ["test", "-e", run_dir]).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return lab.exec(MASTER, ["test", "-e", run_dir]).returncode != 0 and trace_tables(lab) == []
+
+
 def test_flow_watch_reports_the_flow_hop_by_hop_and_chain_by_chain(lab, published, run_playbook):
     client_port = next(CLIENT_PORTS)
-    run = run_playbook(WATCH_PLAY, extra_vars={"run_id": f"w{client_port}", "client_port": client_port})
+    run_dir = f"{RUN_PARENT}/explain/w{client_port}"
+    try:
+        run = run_playbook(WATCH_PLAY, extra_vars={"run_id": f"w{client_port}", "client_port": client_port})
+    finally:
+        assert watch_over(lab, run_dir), "the watch left its directory or its trace table"
     assert not failures(run), failures(run)
     seen = next(task["hosts"]["master"] for play in run["plays"] for task in play["tasks"]
                 if task["task"]["name"] == "Collect what the master saw")
@@ -314,5 +330,3 @@ def test_flow_watch_reports_the_flow_hop_by_hop_and_chain_by_chain(lab, publishe
     assert entry["reply"]["src"] == "10.244.1.2" and "DST_NAT" in entry["status"]
     assert flow["route"]["dev"] == "veth1b"
     assert any(neighbour["address"] == "10.244.1.3" for neighbour in seen["neighbours"]["ns1"])
-    assert trace_tables(lab) == []
-    assert lab.exec(MASTER, ["test", "-e", f"/run/netns-expose/explain/w{client_port}"]).returncode != 0

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
-from ansible_collections.netns.expose.plugins.module_utils._watch import capture_points, flows_from_params
+from ansible_collections.netns.expose.plugins.module_utils._watch import (
+    capture_points,
+    flows_from_params,
+    remove_run_directory,
+)
 
 WEB = {"name": "web", "protocol": "tcp", "client": "10.211.55.123", "client_port": 41001, "address": "10.211.55.122",
        "port": 8090, "to_address": "10.244.1.2", "to_port": 9090, "in_interface": "eth0", "host_ifname": "veth1b",
@@ -37,3 +41,13 @@ def test_a_bad_flow_is_refused_naming_its_field(change, message):
 def test_each_flow_needs_its_own_client_port():
     with pytest.raises(InvalidInput, match="flows: two flows have one client_port"):
         flows_from_params([WEB, {**WEB, "name": "again"}])
+
+
+def test_a_run_leaves_its_parents_only_to_another_run(tmp_path):
+    runs = tmp_path / "netns-expose" / "explain"
+    (runs / "r1").mkdir(parents=True)
+    (runs / "r2").mkdir()
+    remove_run_directory(str(runs / "r1"))
+    assert sorted(path.name for path in runs.iterdir()) == ["r2"]  # r2's run goes on
+    remove_run_directory(str(runs / "r2"))
+    assert list(tmp_path.iterdir()) == []
