@@ -14,6 +14,8 @@ apt_packages=(
   python3-pyroute2
   # The lab's machines (tests/lab/machines.py): the image, the local repository, booting, SSH.
   mmdebstrap systemd-container apt-utils openssh-client
+  # explain.yml's pictures: rsvg-convert makes the PNG of each SVG, tests/integration/test_explain_picture.py opens them in Chromium.
+  chromium librsvg2-bin
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do

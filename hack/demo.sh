@@ -51,6 +51,7 @@ if [ -n "${NETNS_EXPOSE_DEMO_INVENTORY:-}" ]; then
   teardown="NETNS_EXPOSE_DEMO_INVENTORY=$inventory $teardown"
 fi
 echo "The mappings:             source hack/env.sh; ansible -i $inventory master -m ansible.builtin.command -a 'nft list table ip netns_expose'"
+echo "Each packet's path:       source hack/env.sh; ansible-playbook -i $inventory playbooks/explain.yml   (see \"Explaining a mapping\" in the README)"
 if [ "$demo_playbook" = playbooks/demo.yml ]; then
   echo "A shell on the master:    source hack/env.sh; python tests/lab/nslab.py shell -i $inventory master"
   echo "The demo service's unit:  ... master -- systemctl status netns-expose-demo-http-web.service"

@@ -7,7 +7,9 @@ One AF_PACKET socket per interface, opened in the interface's network namespace 
 joins it with setns(2) for the socket() and bind() calls only, then comes back; the socket stays in
 the namespace it was made in). A thread per socket reads frames until the capture ends and keeps the
 IPv4 tcp, udp and icmp packets the caller's predicate wants, with the direction the kernel gives each
-(PACKET_OUTGOING: sent on the interface). Nothing on the host changes; the minimal hosts the
+(PACKET_OUTGOING: sent on the interface). ICMP is keyed as conntrack keys it: an echo by its identifier
+(in place of both ports), an error (port unreachable, ...) by the ports of the packet it is about, so
+that both belong to the flow they concern. Nothing on the host changes; the minimal hosts the
 collection runs on need no tcpdump.
 """
 from __future__ import annotations
@@ -30,6 +32,11 @@ PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp"}
 # TCP flags as tcpdump prints them: [S.] is SYN-ACK, [P.] PSH-ACK, ...
 TCP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x20, "U"))
 TCP_ACK = 0x10
+ICMP_ECHO = {0: "echo reply", 8: "echo request"}
+# The ICMP errors that carry the header of the packet they are about, by type and code.
+ICMP_ERRORS = {3: "unreachable", 11: "time exceeded", 12: "parameter problem"}
+UNREACHABLE_CODES = {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable", 3: "port unreachable",
+                     4: "fragmentation needed", 9: "net prohibited", 10: "host prohibited", 13: "administratively prohibited"}
 POLL_SECONDS = 0.1
 SO_TIMESTAMP = 29
 _TIMEVAL = struct.Struct("=qq")  # struct timeval on 64-bit Linux
@@ -46,37 +53,67 @@ class Packet:
     protocol: str
     src: str
     dst: str
-    sport: int | None
-    dport: int | None
-    tcp_flags: str | None  # tcpdump's notation, such as "S", "S.", "P.", "."
+    sport: int | None  # icmp: the echo's identifier, or the source port of the packet an error is about
+    dport: int | None  # icmp: the echo's identifier, or the destination port of the packet an error is about
+    note: str | None  # tcp: the flags in tcpdump's notation ("S", "S.", "P.", "."); icmp: what it is
 
     def tuple_text(self):
+        if self.protocol == "icmp":
+            return f"icmp {self.src} > {self.dst}" + (f" {self.note}" if self.note else "")
         source = self.src if self.sport is None else f"{self.src}:{self.sport}"
         destination = self.dst if self.dport is None else f"{self.dst}:{self.dport}"
-        return f"{self.protocol} {source} > {destination}" + (f" [{self.tcp_flags}]" if self.tcp_flags else "")
+        return f"{self.protocol} {source} > {destination}" + (f" [{self.note}]" if self.note else "")
 
 
 def tcp_flags_text(flags):
     return "".join(letter for bit, letter in TCP_FLAGS if flags & bit) + ("." if flags & TCP_ACK else "")
 
 
+def _ports(frame, ip):
+    """(transport protocol number, sport, dport, where the transport header starts) of the IPv4 header at ip;
+    no ports for a fragment after the first, nor for a header cut short."""
+    version_ihl, protonum = frame[ip], frame[ip + 9]
+    transport = ip + (version_ihl & 0x0F) * 4
+    fragment_offset = struct.unpack_from("!H", frame, ip + 6)[0] & 0x1FFF
+    if protonum in (6, 17) and not fragment_offset and len(frame) >= transport + 4:
+        return (protonum, *struct.unpack_from("!HH", frame, transport), transport)
+    return protonum, None, None, transport
+
+
+def _icmp(frame, start):
+    """(identifier or sport, identifier or dport, what it is) of the ICMP message at start."""
+    if len(frame) < start + 8:
+        return None, None, None
+    kind, code = frame[start], frame[start + 1]
+    if kind in ICMP_ECHO:
+        identifier, sequence = struct.unpack_from("!HH", frame, start + 4)
+        return identifier, identifier, f"{ICMP_ECHO[kind]} id {identifier} seq {sequence}"
+    what = UNREACHABLE_CODES.get(code, f"unreachable code {code}") if kind == 3 else ICMP_ERRORS.get(kind, f"type {kind}")
+    inner = start + 8  # the header of the packet the error is about, and 8 bytes of what followed it
+    if kind not in ICMP_ERRORS or len(frame) < inner + 20 or frame[inner] >> 4 != 4:
+        return None, None, what
+    protonum, sport, dport, _transport = _ports(frame, inner)
+    src, dst = socket.inet_ntoa(frame[inner + 12:inner + 16]), socket.inet_ntoa(frame[inner + 16:inner + 20])
+    about = f"{PROTOCOLS.get(protonum, protonum)} {src}" + (f":{sport} > {dst}:{dport}" if sport is not None else f" > {dst}")
+    return sport, dport, f"{what} for {about}"
+
+
 def parse_frame(frame):
-    """(protocol, src, dst, sport, dport, tcp flags) of an Ethernet frame with an IPv4 tcp, udp or icmp packet, or None."""
+    """(protocol, src, dst, sport, dport, note) of an Ethernet frame with an IPv4 tcp, udp or icmp packet, or None
+    (see Packet)."""
     if len(frame) < ETH_HEADER + 20 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
         return None
     ip = ETH_HEADER
-    version_ihl, protonum = frame[ip], frame[ip + 9]
-    if version_ihl >> 4 != 4 or protonum not in PROTOCOLS:
+    if frame[ip] >> 4 != 4 or frame[ip + 9] not in PROTOCOLS:
         return None
     src, dst = socket.inet_ntoa(frame[ip + 12:ip + 16]), socket.inet_ntoa(frame[ip + 16:ip + 20])
-    fragment_offset = struct.unpack_from("!H", frame, ip + 6)[0] & 0x1FFF
-    transport = ip + (version_ihl & 0x0F) * 4
-    sport = dport = flags = None
-    if PROTOCOLS[protonum] in ("tcp", "udp") and not fragment_offset and len(frame) >= transport + 4:
-        sport, dport = struct.unpack_from("!HH", frame, transport)
-        if protonum == 6 and len(frame) >= transport + 14:
-            flags = tcp_flags_text(frame[transport + 13])
-    return PROTOCOLS[protonum], src, dst, sport, dport, flags
+    protonum, sport, dport, transport = _ports(frame, ip)
+    note = None
+    if protonum == 1:
+        sport, dport, note = _icmp(frame, transport)
+    elif protonum == 6 and sport is not None and len(frame) >= transport + 14:
+        note = tcp_flags_text(frame[transport + 13])
+    return PROTOCOLS[protonum], src, dst, sport, dport, note
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

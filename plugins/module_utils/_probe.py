@@ -36,7 +36,7 @@ from ansible_collections.netns.expose.plugins.module_utils._validation import (
 CHECK_TYPES = ("http", "tcp", "udp", "icmp")
 CHECK_PROTOCOL = {"http": "tcp", "tcp": "tcp", "udp": "udp", "icmp": "icmp"}  # what each check type runs over
 DEFAULT_CHECK = {"tcp": "http", "udp": "udp", "icmp": "icmp"}  # the check type of a protocol without `check`
-CHECK_FIELDS = ("target", "address", "protocol", "check", "port", "path", "expect", "probe", "status")
+CHECK_FIELDS = ("target", "address", "protocol", "check", "port", "path", "expect", "probe", "status", "source_port")
 # Which check types take a field at all; the others refuse it rather than ignore it.
 FIELD_CHECKS = {
     "port": ("http", "tcp", "udp"),
@@ -69,6 +69,11 @@ class Check:
     probe: str | None = None
     status: int = 200
     check: str | None = None  # the check type; None takes the protocol's default (DEFAULT_CHECK)
+    source_port: int | None = None  # the port the check's packets come from (icmp: the echo's identifier); None: any
+
+    def source_address(self):
+        """What to bind the check's socket to: the source port on any address, or None."""
+        return None if self.source_port is None else ("", self.source_port)
 
     def __post_init__(self):
         if self.check is None:
@@ -172,6 +177,7 @@ def parse_check(index, item):
         expect=_text(f"{prefix}.expect", given["expect"]) if "expect" in given else None,
         probe=_text(f"{prefix}.probe", given["probe"]) if "probe" in given else None,
         status=check_integer(f"{prefix}.status", given["status"], 100, 599) if "status" in given else 200,
+        source_port=check_port(f"{prefix}.source_port", given["source_port"]) if "source_port" in given else None,
     )
     if check.expect == "":
         raise InvalidInput(f"{prefix}.expect", "must not be empty (it would match anything)")
@@ -219,7 +225,7 @@ def _socket_error(exc, timeout):
 def http_attempt(check, timeout):
     """GET http://address:port/path, without proxies or redirects: the service itself must answer."""
     started = time.monotonic()
-    connection = http.client.HTTPConnection(check.address, check.port, timeout=timeout)
+    connection = http.client.HTTPConnection(check.address, check.port, timeout=timeout, source_address=check.source_address())
     try:
         connection.request("GET", check.path, headers={"User-Agent": USER_AGENT, "Connection": "close"})
         response = connection.getresponse()
@@ -248,7 +254,7 @@ def tcp_attempt(check, timeout):
     """
     started = time.monotonic()
     try:
-        client = socket.create_connection((check.address, check.port), timeout=timeout)
+        client = socket.create_connection((check.address, check.port), timeout=timeout, source_address=check.source_address())
     except OSError as exc:
         return Attempt(False, _socket_error(exc, timeout))
     with client:
@@ -295,6 +301,8 @@ def udp_attempt(check, timeout):
         client.settimeout(timeout)
         started = time.monotonic()
         try:
+            if check.source_port is not None:
+                client.bind(check.source_address())
             client.connect((check.address, check.port))
             client.send(check.probe.encode())
             data = client.recv(65535)
@@ -382,13 +390,15 @@ def icmp_attempt(check, timeout, new_socket=socket.socket):
         sock, raw = open_icmp_socket(new_socket)
     except IcmpUnavailable as exc:
         return Attempt(False, str(exc))
-    identifier, sequence = random.getrandbits(16), random.getrandbits(16)
+    identifier, sequence = check.source_port or random.getrandbits(16), random.getrandbits(16)
     payload = os.urandom(ECHO_PAYLOAD_SIZE)
     with sock:
         started = time.monotonic()
         deadline = started + timeout
         try:
             sock.settimeout(timeout)
+            if check.source_port is not None and not raw:  # a ping socket's port is its echoes' identifier
+                sock.bind(check.source_address())
             sock.sendto(echo_request(identifier, sequence, payload), (check.address, 0))
             if not raw:  # the kernel put the socket's port in as the identifier
                 identifier = sock.getsockname()[1]

@@ -32,7 +32,9 @@ from ansible_collections.netns.expose.plugins.module_utils._validation import In
 
 # Variables of the expose role that its argument specs do not list: what it sets, and what verify.yml and rollout.yml read.
 OTHER_ROLE_VARIABLES = ("expose_plan", "expose_verify_timeout", "expose_verify_retries", "expose_rollout_serial",
-                        "expose_rollout_max_fail_percentage")
+                        "expose_rollout_max_fail_percentage", "expose_explain_masters", "expose_explain_mappings",
+                        "expose_explain_slave", "expose_explain_dir", "expose_explain_timeout",
+                        "expose_explain_first_port")
 PAIR_FIELDS = ("netns", "ns_ifname", "host_ifname", "ns_address", "host_address")
 # dnat_rule's option -> the role's field, for messages about a port's mapping.
 MAPPING_FIELD_NAMES = {"port": "host_port", "to_port": "ns_port"}

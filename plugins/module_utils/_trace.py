@@ -47,37 +47,53 @@ PACKET_FIELDS = {
     "sport": re.compile(r"\b(?:tcp|udp) sport (\d+)"),
     "dport": re.compile(r"\b(?:tcp|udp) dport (\d+)"),
     "tcp_flags": re.compile(r"\btcp flags == (\S+)"),
+    "icmp_type": re.compile(r"\bicmp type (\S+)"),
+    "icmp_id": re.compile(r"\bicmp id (\d+)"),
 }
 
 
 @dataclass(frozen=True)
 class Flow:
-    """The flow of one probe: protocol, the client's address and source port, the mapped address and port."""
+    """The flow of one probe: protocol, the client's address and source port, the mapped address and port.
+
+    An icmp flow is an echo's: client_port is the echo's identifier (as conntrack keys it), port is None.
+    """
 
     protocol: str
     client: str
     client_port: int
     address: str
-    port: int
+    port: int | None
 
     def __post_init__(self):
-        if self.protocol not in ("tcp", "udp"):
-            raise InvalidInput("protocol", f"{self.protocol!r} cannot be traced by port; tcp or udp")
+        if self.protocol not in ("tcp", "udp", "icmp"):
+            raise InvalidInput("protocol", f"{self.protocol!r} cannot be traced; tcp, udp or icmp")
 
     def request_rule(self):
         proto = self.protocol
+        if proto == "icmp":
+            return f"ip saddr {self.client} ip daddr {self.address} icmp type echo-request icmp id {self.client_port} meta nftrace set 1"
         return (f"ip saddr {self.client} ip daddr {self.address} {proto} sport {self.client_port} "
                 f"{proto} dport {self.port} meta nftrace set 1")
 
     def reply_rule(self):
         # After the DNAT the reply comes from the target, whatever its address: the client's port names it.
+        if self.protocol == "icmp":
+            return f"ip daddr {self.client} icmp type echo-reply icmp id {self.client_port} meta nftrace set 1"
         return f"ip daddr {self.client} {self.protocol} dport {self.client_port} meta nftrace set 1"
 
+    def _client_end(self, fields, key, port_key, echo):
+        if fields.get(key) != self.client:
+            return False
+        if self.protocol == "icmp":
+            return fields.get("icmp_type") == echo and fields.get("icmp_id") == str(self.client_port)
+        return fields.get(port_key) == str(self.client_port)
+
     def is_request(self, fields):
-        return fields.get("saddr") == self.client and fields.get("sport") == str(self.client_port)
+        return self._client_end(fields, "saddr", "sport", "echo-request")
 
     def is_reply(self, fields):
-        return fields.get("daddr") == self.client and fields.get("dport") == str(self.client_port)
+        return self._client_end(fields, "daddr", "dport", "echo-reply")
 
 
 def table_name(run_id):

@@ -13,13 +13,16 @@ description:
     Run it with C(async) and C(poll=0); it says it is ready with the file C(ready) in
     C(/run/netns-expose/explain/<run_id>/); send the probes (from a slave, each from its O(flows[].client_port));
     then create the file C(done) there, and collect the result with M(ansible.builtin.async_status).
-  - While it watches, it captures the flows' packets on the master's LAN interface (O(flows[].in_interface)) and on
-    both ends of each veth pair, with AF_PACKET sockets (no tcpdump), and traces them with nftables' C(nftrace),
+  - While it watches, it captures the flows' packets on the master's interface toward the client (where the
+    probes come in, whatever O(flows[].in_interface) says) and on both ends of each veth pair, with AF_PACKET
+    sockets (no tcpdump), and traces them with nftables' C(nftrace),
     set by a table of the run's own (C(ip netns_expose_trace_<run_id>)) on exactly the flows' packets and their
     replies, read with C(nft monitor trace). That works in any network namespace; no LOG target, no sysctl.
-  - Then it reads each flow's conntrack entry (the reply tuple from the service shows the DNAT), the route the
-    DNAT-ed request takes (C(ip route get <to_address> from <client> iif <in_interface>), refused as forwarding
-    would refuse it), the neighbour entries of the master and of each namespace, and C(ip_forward).
+  - Then it reads each flow's conntrack entry (the reply tuple from the service shows the DNAT), the other
+    clients' entries to the mapping that do not reach its target (stale, from before the mapping or a change of it),
+    the route the DNAT-ed request takes (C(ip route get <to_address> from <client> iif <interface>), refused as
+    forwarding would refuse it), the route back from the namespace to the client, the state of both ends of the
+    pair, the neighbour entries of the master and of each namespace, and C(ip_forward).
   - The trace table and the run's directory (and C(/run/netns-expose/explain) and C(/run/netns-expose) when no
     other run is there) go when the module ends, also when it fails or times out; only a kill (as C(async)'s
     time limit does) keeps them, so keep O(timeout) below the task's C(async).
@@ -60,16 +63,16 @@ options:
         type: str
         required: true
       protocol:
-        description: The mapping's protocol.
+        description: The mapping's protocol; an V(icmp) flow is an echo's.
         type: str
-        choices: [tcp, udp]
+        choices: [tcp, udp, icmp]
         required: true
       client:
         description: The address the probe comes from.
         type: str
         required: true
       client_port:
-        description: The port the probe comes from; each flow its own.
+        description: The port the probe comes from (V(icmp) the echo's identifier); each flow its own.
         type: int
         required: true
       address:
@@ -77,21 +80,19 @@ options:
         type: str
         required: true
       port:
-        description: The mapping's host port.
+        description: The mapping's host port; required for V(tcp) and V(udp), refused for V(icmp).
         type: int
-        required: true
       to_address:
         description: The mapping's target (the namespace end of the pair).
         type: str
         required: true
       to_port:
-        description: The mapping's target port.
+        description: The mapping's target port; required for V(tcp) and V(udp), refused for V(icmp).
         type: int
-        required: true
       in_interface:
-        description: The master's interface the probe comes in on.
+        description: The mapping's O(netns.expose.dnat_rule#module:in_interface), if it has one (the report
+          compares it with the interface the probe comes in on).
         type: str
-        required: true
       host_ifname:
         description: The host end of the mapping's veth pair.
         type: str
@@ -161,8 +162,11 @@ flows:
       description: The mapping's name.
       type: str
     flow:
-      description: The flow's ends, as given.
+      description: The flow's ends and interfaces, as given.
       type: dict
+    arrival:
+      description: The master's interface toward the client, where the probe comes in (from C(ip route get <client>)).
+      type: str
     hops:
       description:
         - The flow's packets at each capture point (C(master <in_interface>), C(master <host_ifname>),
@@ -178,17 +182,52 @@ flows:
         - For the C(request) and the C(reply) direction, the C(first) traced packet and a C(later) one, each with the
           chains it crossed in order (C(chain) as C(<family> <table> <chain>), the C(rules) that matched with their
           verdicts, the C(verdict) that ended the chain, and the packet's C(fields) as it entered a base chain),
-          and the C(count) of traced packets. Only the first packet of a flow crosses the nat chains.
+          the C(count) of traced packets, and C(hits), per chain, how many of them crossed it. Only the first packet
+          of a flow crosses the nat chains.
       type: dict
     conntrack:
       description: The flow's conntrack entries, each with its C(original) and C(reply) tuples, C(status), C(tcp_state),
         C(mark) and C(timeout).
       type: list
       elements: dict
+    conntrack_before:
+      description: The flow's conntrack entries as they were before the watch started (as RV(flows[].conntrack)).
+        With one there, the probes did not start the flow, they joined it.
+      type: list
+      elements: dict
+    elements:
+      description:
+        - The elements of the nftables backend's table (C(ip netns_expose)) that the mapping owns (its map elements
+          are what its packets matched, as the rules dispatch through the maps), each with its C(set) (or map), the
+          C(element) as nft prints it, and its packet counter, C(packets), and how much it grew during the watch,
+          C(run_packets) (V(null) where the set counts nothing). V([]) with the iptables backend.
+      type: list
+      elements: dict
+      sample:
+        - {set: dnat_tcp_dst, element: "10.211.55.122 . 8090 : 10.244.1.2 . 9090", packets: 4, run_packets: 1}
+    stale:
+      description: Other clients' conntrack entries to the mapping's protocol, address and port whose reply does not
+        come from the mapping's target (they started before the mapping, or before it changed), as RV(flows[].conntrack).
+      type: list
+      elements: dict
     route:
       description: The route of the DNAT-ed request (C(dev), C(gateway), C(prefsrc), C(type)), or C(error) with the
         kernel's refusal.
       type: dict
+    return_route:
+      description: The route of the service's reply, in the namespace, from O(flows[].to_address) to the client, or
+        C(error) (C(Network is unreachable) without a default route).
+      type: dict
+    links:
+      description: The host and the namespace end of the pair, by name, each with C(operstate) and C(up) (its
+        administrative state), or C(error).
+      type: dict
+base_chains:
+  description: The master's base chains, as C(<family> <table> <chain>) like RV(flows[].chains) names them, each
+    with its C(type) (V(nat), V(filter), ...) and C(hook).
+  returned: success
+  type: dict
+  sample: {"ip netns_expose prerouting": {"type": "nat", "hook": "prerouting"}}
 neighbours:
   description: The neighbour entries of the master (C(master)) and of each flow's namespace, by name.
   returned: success
@@ -202,20 +241,21 @@ ip_forward:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netns.expose.plugins.module_utils._conntrack import ConntrackError
+from ansible_collections.netns.expose.plugins.module_utils._nftables import NftError
 from ansible_collections.netns.expose.plugins.module_utils._path import PathError
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
 from ansible_collections.netns.expose.plugins.module_utils._watch import Watch, flows_from_params
 
 FLOW_OPTIONS = dict(
     name=dict(type="str", required=True),
-    protocol=dict(type="str", choices=["tcp", "udp"], required=True),
+    protocol=dict(type="str", choices=["tcp", "udp", "icmp"], required=True),
     client=dict(type="str", required=True),
     client_port=dict(type="int", required=True),
     address=dict(type="str", required=True),
-    port=dict(type="int", required=True),
+    port=dict(type="int"),
     to_address=dict(type="str", required=True),
-    to_port=dict(type="int", required=True),
-    in_interface=dict(type="str", required=True),
+    to_port=dict(type="int"),
+    in_interface=dict(type="str"),
     host_ifname=dict(type="str", required=True),
     netns=dict(type="str", required=True),
     ns_ifname=dict(type="str", required=True),
@@ -238,7 +278,7 @@ def main():
         watch = Watch(module, flows_from_params(module.params["flows"]), module.params["run_id"],
                       module.params["timeout"], nft, ip)
         report = watch.observe()
-    except (InvalidInput, OSError, ConntrackError, PathError) as exc:
+    except (InvalidInput, OSError, ConntrackError, PathError, NftError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=False, **report)
 

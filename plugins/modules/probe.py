@@ -106,6 +106,14 @@ options:
             once connected (with the line end the service may need, such as CR LF).
           - V(tcp) and V(udp) only.
         type: str
+      source_port:
+        description:
+          - The port the check's packets come from, for a firewall that admits only some, or to find the check's
+            flow in captures and in the conntrack table (M(netns.expose.flow_watch) does). For V(icmp), the echo
+            request's identifier. Unset, the kernel picks one (for V(icmp), a random identifier).
+          - Two checks from one source port to one service at the same time collide; give each its own.
+        type: int
+        version_added: 0.5.0
   timeout:
     description:
       - Seconds to wait for each attempt of a check (connecting, then each read of an V(http) check; the reply of a

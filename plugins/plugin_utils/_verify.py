@@ -62,8 +62,16 @@ def _failed(probe):
     return [(index, check) for index, check in enumerate(probe["results"]) if not check["ok"] and not check["skipped"]]
 
 
-def report(probes, plans):
-    """One line per failed check, then for each master the commands that tell why; '' when every check passed."""
+def explain_command(master, failed, inventory=None):
+    """The explain.yml run that shows where the failed checks of a master stop and why."""
+    chosen = ",".join(dict.fromkeys(str(check["port"]) if check.get("port") else check["protocol"] for check in failed))
+    return (f"ansible-playbook -i {inventory or '<inventory>'} netns.expose.explain -e expose_explain_masters={master} "
+            f"-e expose_explain_mappings={chosen}")
+
+
+def report(probes, plans, inventory=None):
+    """One line per failed check, then for each master the commands that tell why, and the explain.yml run that shows
+    where each failed flow stops (inventory: the inventory it names); '' when every check passed."""
     total = sum(len(probe["results"]) for probe in probes)
     failures = [(probe, index, check) for probe in probes for index, check in _failed(probe)]
     if not failures:
@@ -93,4 +101,6 @@ def report(probes, plans):
         width = max(len(command) for command, _why in commands)
         lines.append(f"Where to look next, as root on master {probe['item']}:")
         lines += [f"  {command:<{width}}  # {why}" for command, why in commands]
+        lines.append("Or see where each failed flow stops, and why, hop by hop (see \"Explaining a mapping\" in the README):")
+        lines.append(f"  {explain_command(probe['item'], [check for _index, check in failed], inventory)}")
     return "\n".join(lines)

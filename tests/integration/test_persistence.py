@@ -10,6 +10,7 @@ same master; each says what it expects to find.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ import machines
 MASTER, SLAVE = "master", "slave"
 MASTER_IP = "10.211.55.122"
 EXPOSE, DEMO = REPO / "playbooks" / "expose.yml", REPO / "playbooks" / "demo.yml"
+EXPLAIN = REPO / "playbooks" / "explain.yml"
 # A host firewall of its own, loaded at boot as Docker's would be: FORWARD policy DROP and chains of its own.
 FOREIGN_RULES = """*filter
 :FORWARD DROP [0:0]
@@ -178,6 +180,23 @@ def test_a_reboot_brings_everything_back_with_no_ansible_run(master):
     assert {"netns-expose-netns@ns1.service", "netns-expose-rules.service",
             "netns-expose-demo-http-web.service"} <= set(after["units"])
     assert master.changed() == [], "the run after the reboot changed something"
+
+
+def test_explain_on_a_booted_master_over_ssh_leaves_nothing(master, tmp_path):
+    # A minimal server (no tcpdump, no conntrack tool, no pyroute2 for this): the trace, the captures and the
+    # conntrack entry come from nft, AF_PACKET and netlink, and the report is the same as on the namespace hosts.
+    run = master.ansible.run_playbook(EXPLAIN, extra_vars={"expose_explain_dir": str(tmp_path)})
+    assert not failures(run), failures(run)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {flow["mapping"] for flow in report["flows"]} == {"http-web-tcp-8090", "http-web-udp-8053", "http-web-icmp"}
+    for flow in report["flows"]:
+        assert flow["ok"] and flow["findings"] == [], flow
+        assert all(hop["request"] and hop["reply"] for hop in flow["hops"]), flow["hops"]
+        assert any(step["type"] == "nat" for step in flow["chains"]["request"]["first"]), flow["chains"]
+        assert "DST_NAT" in flow["conntrack"][0]["status"]
+    assert on(master.lab, MASTER, "nft list tables").count("netns_expose_trace_") == 0
+    assert on(master.lab, MASTER, "ls /run/netns-expose 2>/dev/null || true").strip() == ""
+    assert on(master.lab, SLAVE, "ls /run/netns-expose 2>/dev/null || true").strip() == ""
 
 
 def test_the_hosts_own_firewall_at_boot_stays_as_it_is_and_ours_works_too(master):

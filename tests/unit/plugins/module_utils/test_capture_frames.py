@@ -29,8 +29,18 @@ def test_the_headers_of_tcp_udp_and_icmp_packets():
     assert parse_frame(frame(6, tcp(40123, 8090, 0x02))) == ("tcp", "10.211.55.123", "10.211.55.122", 40123, 8090, "S")
     assert parse_frame(frame(17, struct.pack("!HHHH", 5353, 8053, 8, 0))) == \
         ("udp", "10.211.55.123", "10.211.55.122", 5353, 8053, None)
-    assert parse_frame(frame(1, b"\x08\x00\x00\x00\x00\x01\x00\x01")) == \
-        ("icmp", "10.211.55.123", "10.211.55.122", None, None, None)
+    assert parse_frame(frame(1, b"\x08\x00\x00\x00\x04\xd2\x00\x01")) == \
+        ("icmp", "10.211.55.123", "10.211.55.122", 1234, 1234, "echo request id 1234 seq 1")
+
+
+def test_an_icmp_error_belongs_to_the_flow_of_the_packet_it_is_about():
+    about = frame(17, struct.pack("!HHHH", 41001, 53, 8, 0), src="10.211.55.123", dst="10.244.1.2")[14:]
+    error = frame(1, b"\x03\x03\x00\x00\x00\x00\x00\x00" + about, src="10.244.1.2", dst="10.211.55.123")
+    assert parse_frame(error) == ("icmp", "10.244.1.2", "10.211.55.123", 41001, 53,
+                                  "port unreachable for udp 10.211.55.123:41001 > 10.244.1.2:53")
+    # Cut short (the header of the packet it is about is not all there): no ports, still what it is.
+    assert parse_frame(frame(1, b"\x03\x01\x00\x00\x00\x00\x00\x00" + about[:12]))[3:] == (None, None, "host unreachable")
+    assert parse_frame(frame(1, b"\x0b\x00\x00\x00\x00\x00\x00\x00" + about))[5].startswith("time exceeded for udp ")
 
 
 def test_what_is_not_an_ipv4_tcp_udp_or_icmp_packet_is_left_out():
@@ -44,5 +54,7 @@ def test_what_is_not_an_ipv4_tcp_udp_or_icmp_packet_is_left_out():
 def test_a_packet_reads_as_a_line_of_tcpdump():
     packet = Packet("veth1b", "out", 0.01, "tcp", "10.211.55.123", "10.244.1.2", 40123, 9090, "S")
     assert packet.tuple_text() == "tcp 10.211.55.123:40123 > 10.244.1.2:9090 [S]"
-    icmp = Packet("eth0", "in", 0.0, "icmp", "10.211.55.123", "10.211.55.122", None, None, None)
-    assert icmp.tuple_text() == "icmp 10.211.55.123 > 10.211.55.122"
+    icmp = Packet("eth0", "in", 0.0, "icmp", "10.211.55.123", "10.211.55.122", 7, 7, "echo request id 7 seq 1")
+    assert icmp.tuple_text() == "icmp 10.211.55.123 > 10.211.55.122 echo request id 7 seq 1"
+    udp = Packet("eth0", "in", 0.0, "udp", "10.211.55.123", "10.211.55.122", 41001, 8053, None)
+    assert udp.tuple_text() == "udp 10.211.55.123:41001 > 10.211.55.122:8053"

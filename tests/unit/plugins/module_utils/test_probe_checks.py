@@ -240,7 +240,10 @@ class FakeIcmpSocket:
 
     def __init__(self, raw, answer, port):
         self.raw, self.answer, self.port = raw, answer, port
-        self.sent, self.received, self.closed = [], [], False
+        self.sent, self.received, self.closed, self.bound = [], [], False, []
+
+    def bind(self, address):
+        self.bound.append(address)
 
     def settimeout(self, seconds):
         assert seconds > 0
@@ -681,3 +684,43 @@ def test_failure_message_names_each_failed_check_not_the_others():
         "2 of 4 checks failed: master udp/8053 (10.211.55.122): no reply within 3 s; "
         "master2 icmp (10.211.55.124): no reply within 3 s"
     )
+
+
+def test_a_check_comes_from_its_source_port():
+    """Over loopback, the service sees each check come from the check's source_port (icmp: the echo identifier)."""
+    tcp_source, udp_source = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    seen = {}
+    with socket.socket() as listener, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagrams:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(1)
+        datagrams.bind((LOOPBACK, 0))
+
+        def serve():
+            connection, seen["tcp"] = listener.accept()
+            with connection:
+                connection.sendall(b"hello\n")
+            data, seen["udp"] = datagrams.recvfrom(100)
+            datagrams.sendto(b"echo:" + data, seen["udp"])
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        tcp_result, udp_result = probe(
+            tcp(address=LOOPBACK, port=listener.getsockname()[1], check="tcp", expect="hello", source_port=tcp_source),
+            udp(address=LOOPBACK, port=datagrams.getsockname()[1], probe="x", expect="echo:x", source_port=udp_source))
+        server.join(timeout=5)
+    assert tcp_result["ok"] and udp_result["ok"], (tcp_result, udp_result)
+    assert seen == {"tcp": (LOOPBACK, tcp_source), "udp": (LOOPBACK, udp_source)}
+
+
+def test_an_echo_carries_the_source_port_as_its_identifier():
+    # A raw socket: the module writes the identifier; a ping socket: the kernel takes its port, so it is bound to it.
+    raw = FakeSockets(replying, refuse={socket.SOCK_DGRAM: EACCES})
+    [result] = Prober(1.0, 0, new_socket=raw).run_all(parse_checks([icmp(source_port=4321)], 1.0, 0))
+    assert result["ok"] and struct.unpack_from("!BBHHH", raw.made[0].sent[0][0])[3] == 4321
+    ping = FakeSockets(replying, port=4321)
+    [result] = Prober(1.0, 0, new_socket=ping).run_all(parse_checks([icmp(source_port=4321)], 1.0, 0))
+    assert result["ok"] and ping.made[0].bound == [("", 4321)]
+
+
+def test_source_port_is_checked_as_a_port():
+    with pytest.raises(InvalidInput, match=r"checks\[0\]\.source_port: 70000 is outside 1\.\.65535"):
+        parse_checks([tcp(source_port=70000)], 1.0, 0)

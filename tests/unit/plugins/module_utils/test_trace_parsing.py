@@ -69,8 +69,29 @@ def test_each_packet_gets_the_chains_it_crossed_with_the_rules_that_matched():
 
 
 def test_what_cannot_be_traced_is_refused_naming_it():
-    with pytest.raises(InvalidInput, match="protocol: 'icmp' cannot be traced by port"):
-        Flow("icmp", "10.99.0.1", 1, "10.99.0.2", 0)
+    with pytest.raises(InvalidInput, match="protocol: 'sctp' cannot be traced; tcp, udp or icmp"):
+        Flow("sctp", "10.99.0.1", 1, "10.99.0.2", 0)
     with pytest.raises(InvalidInput, match="run_id: 'a b' is not"):
         table_name("a b")
     assert table_name("ab12") == "netns_expose_trace_ab12"
+
+
+def test_an_icmp_flow_is_traced_by_its_echo_identifier():
+    echo = Flow("icmp", "10.99.0.1", 4321, "10.99.0.2", None)
+    assert echo.request_rule() == "ip saddr 10.99.0.1 ip daddr 10.99.0.2 icmp type echo-request icmp id 4321 meta nftrace set 1"
+    assert echo.reply_rule() == "ip daddr 10.99.0.1 icmp type echo-reply icmp id 4321 meta nftrace set 1"
+    # As nft monitor trace prints them.
+    text = (
+        'trace id 0a ip netns_expose_trace_t prerouting packet: iif "eth0" ip saddr 10.99.0.1 ip daddr 10.99.0.2 ip ttl 64 '
+        "icmp type echo-request icmp code net-unreachable icmp id 4321 icmp sequence 1\n"
+        "trace id 0a ip filter FORWARD policy drop\n"
+        'trace id 0b ip netns_expose_trace_t prerouting packet: iif "veth1b" ip saddr 10.99.0.2 ip daddr 10.99.0.1 '
+        "icmp type echo-reply icmp code net-unreachable icmp id 4321 icmp sequence 1\n"
+        'trace id 0c ip netns_expose_trace_t prerouting packet: iif "eth0" ip saddr 10.99.0.1 ip daddr 10.99.0.2 '
+        "icmp type echo-request icmp code net-unreachable icmp id 999 icmp sequence 1\n"
+    )
+    packets = parse_trace(text, "netns_expose_trace_t")
+    found = flow_packets(packets, echo)
+    assert [packet.fields["icmp_type"] for packet in found["request"]] == ["echo-request"]
+    assert found["request"][0].hops[0].verdict == "policy drop"
+    assert [packet.fields["icmp_id"] for packet in found["reply"]] == ["4321"]

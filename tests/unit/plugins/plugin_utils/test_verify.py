@@ -48,6 +48,8 @@ def test_the_report_names_each_failure_and_where_to_look():
         "  nft list ruleset | grep web-udp-8053  # is the mapping there?",
         "  ip netns exec ns1 ss -ltnu            # does anything listen in ns1?",
         "  ip netns exec ns1 ip route            # has ns1 its default route?",
+        "Or see where each failed flow stops, and why, hop by hop (see \"Explaining a mapping\" in the README):",
+        "  ansible-playbook -i <inventory> netns.expose.explain -e expose_explain_masters=web1 -e expose_explain_mappings=8053",
     ]
 
 
@@ -63,8 +65,11 @@ def test_an_icmp_failure_asks_for_no_listener_and_skipped_checks_are_no_failure(
         "Where to look next, as root on master web1:",
         "  nft list ruleset | grep web-icmp  # is the mapping there?",
         "  ip netns exec ns7 ip route        # has ns7 its default route?",
+        "Or see where each failed flow stops, and why, hop by hop (see \"Explaining a mapping\" in the README):",
+        "  ansible-playbook -i <inventory> netns.expose.explain -e expose_explain_masters=web1 -e expose_explain_mappings=icmp",
     ]
     assert report([{"item": "web1", "results": [check()]}], plans) == ""
+    assert "explain -e expose_explain_masters=web1" in report(probes, plans, inventory="fleet.yml").replace("-i fleet.yml netns.expose.", "")
 
 
 def test_one_probe_call_checks_every_master_and_its_results_go_back_to_each():
