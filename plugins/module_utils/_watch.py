@@ -10,8 +10,9 @@ whether they were there before the probes), other clients' stale entries of the 
 DNAT-ed request takes and the route back from its namespace, the state of both ends of each pair, the
 map elements each mapping owns with what they counted meanwhile, the type of each base chain, the
 neighbour entries of the master and of the namespaces, and ip_forward. The captures on the master start
-on its interface toward the client, where the requests come in, whatever the mapping's in_interface. The run's directory (and its parents, when empty) and the trace table go whatever happens
-short of a kill: the run ends by itself at its timeout when nobody creates `done`.
+on its interface toward the client, where the requests come in, whatever the mapping's in_interface.
+The run's directory (and its parents, when empty) and the trace table go whatever happens short of a
+kill: the run ends by itself at its timeout when nobody creates `done`.
 """
 from __future__ import annotations
 
