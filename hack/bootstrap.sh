@@ -2,6 +2,7 @@
 # Installs everything the demo and the tests need on a fresh Debian 12 machine
 # (run as root): Debian packages, then a Python venv in .venv from the pinned
 # requirements. Safe to run again: each step is skipped when already done.
+# --full: also what only the tier-two tests need (hack/test.sh --full).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${NETNS_EXPOSE_VENV:-$repo/.venv}
@@ -14,9 +15,13 @@ apt_packages=(
   python3-pyroute2
   # The lab's machines (tests/lab/machines.py): the image, the local repository, booting, SSH.
   mmdebstrap systemd-container apt-utils openssh-client
-  # explain.yml's pictures: rsvg-convert makes the PNG of each SVG, tests/integration/test_explain_picture.py opens them in Chromium.
-  chromium librsvg2-bin
+  # explain.yml's pictures: rsvg-convert makes the PNG of each SVG.
+  librsvg2-bin
 )
+if [ "${1:-}" = "--full" ]; then
+  # Tier two: tests/integration/test_explain_picture.py opens explain.yml's pictures in Chromium.
+  apt_packages+=(chromium)
+fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -6,7 +6,11 @@
   lab name of its own for this pytest process; always taken down at the end.
 - ansible_env (session): the environment of hack/env.sh, for Ansible and nslab.py runs.
 - ansible (session): an AnsibleRunner with run_module(...) and run_playbook(...).
-- run_module(host, module, args, check=False, diff=False, python=None) -> the task's result dict.
+- modules (session): a ModuleRunner: run_module(...) runs a module of the collection in a lab host as
+  Ansible runs it there, without ansible-playbook (a tenth of the time), for the tests of what a module
+  does; test_module_runner.py proves that both give the same result.
+- run_module(host, module, args, check=False, diff=False, python=None) -> the module's result dict
+  (modules.run_module).
 - run_playbook(path_or_text, extra_vars=None, check=False, diff=False, extra_args=()) -> the whole run as a dict,
   with what Ansible wrote on stderr (warnings) under "stderr".
 - host_exec(host, argv, **kwargs) -> subprocess.CompletedProcess, argv run in a lab host.
@@ -206,6 +210,55 @@ class AnsibleRunner:
         return result
 
 
+class ModuleRunner:
+    """Runs a module of the collection in a lab host the way Ansible runs it there, without ansible-playbook.
+
+    What a module does is the same through Ansible and here: the same interpreter in the same namespaces,
+    the same arguments (as JSON, with check mode and diff set as Ansible sets them), and the result with
+    `changed` and `failed` defaulted and warnings as their messages, as the controller hands them over. What is not exercised is Ansible
+    itself (templating, the nsenter connection, AnsiballZ): the playbook and role tests, and
+    test_module_runner.py, cover those. An ansible-playbook run costs about 2 s of CPU before the module
+    starts; this costs the interpreter's start-up.
+    """
+
+    def __init__(self, lab, inventory, workdir, env):
+        self.lab = lab
+        inventory_vars = yaml.safe_load(Path(inventory).read_text(encoding="utf-8"))["all"]["children"]["lab"]["vars"]
+        self.default_python = inventory_vars["ansible_python_interpreter"]
+        # The interpreter of a lab host need not have ansible-core (Debian's python3 has not): a directory with
+        # only ansible-core's package in it, as AnsiballZ ships module_utils with the module.
+        shim = Path(workdir) / "python-path"
+        shim.mkdir(exist_ok=True)
+        ansible_package = subprocess.run([sys.executable, "-c", "import ansible, os; print(os.path.dirname(ansible.__file__))"],
+                                         capture_output=True, text=True, check=True).stdout.strip()
+        (shim / "ansible").symlink_to(ansible_package)
+        self.env = {**env, "PYTHONPATH": os.pathsep.join([str(shim), env["ANSIBLE_COLLECTIONS_PATH"]])}
+
+    def run_module(self, host, module, args, check=False, diff=False, python=None):
+        """Run a module of netns.expose (`netns.expose.<name>`) on a lab host; return its result, as
+        AnsibleRunner.run_module does."""
+        collection, name = module.rsplit(".", 1)
+        if collection != "netns.expose":
+            raise ValueError(f"ModuleRunner runs the collection's own modules, not {module}")
+        payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check, "_ansible_diff": diff,
+                                           "_ansible_module_name": module}}
+        argv = [python or self.default_python, "-m", f"ansible_collections.netns.expose.plugins.modules.{name}"]
+        done = self.lab.exec(host, argv, input=json.dumps(payload), env=self.env, timeout=ANSIBLE_TIMEOUT)
+        try:
+            result = json.loads(done.stdout)
+        except ValueError:
+            result = {"failed": True, "msg": "MODULE FAILURE", "rc": done.returncode,
+                      "module_stdout": done.stdout, "module_stderr": done.stderr}
+        result.setdefault("changed", False)
+        result.setdefault("failed", False)
+        # A module's warnings come as WarningSummary objects in Ansible's serialization profile; the
+        # controller hands a task's warnings over as their messages.
+        if "warnings" in result:
+            result["warnings"] = [warning["event"]["msg"] if isinstance(warning, dict) else warning
+                                  for warning in result["warnings"]]
+        return result
+
+
 # The lab hosts share this machine's filesystem: the system Python has Debian's
 # python3-pyroute2 (0.7.x), the project venv has the current 0.9.x.
 INTERPRETERS = {"pyroute2-0.7": "/usr/bin/python3", "pyroute2-0.9": sys.executable}
@@ -305,9 +358,14 @@ def ansible(lab, lab_inventory, ansible_env, tmp_path_factory):
     return AnsibleRunner(lab_inventory, tmp_path_factory.mktemp("ansible"), ansible_env)
 
 
+@pytest.fixture(scope="session")
+def modules(lab, lab_inventory, ansible_env, tmp_path_factory):
+    return ModuleRunner(lab, lab_inventory, tmp_path_factory.mktemp("modules"), ansible_env)
+
+
 @pytest.fixture
-def run_module(ansible):
-    return ansible.run_module
+def run_module(modules):
+    return modules.run_module
 
 
 # dnat_rule's backends, for the suites that prove what every backend does with real traffic.

@@ -190,16 +190,16 @@ def fetch(lab, host, url, netns=None, timeout=TIMEOUT):
 
 
 @pytest.fixture(params=DNAT_BACKENDS)
-def run_module(request, ansible):
+def run_module(request, modules):
     """Every test runs with each backend of dnat_rule."""
-    return with_backend(ansible.run_module, request.param)
+    return with_backend(modules.run_module, request.param)
 
 
 @pytest.fixture
-def ns1(lab, ansible, undo):
+def ns1(lab, modules, undo):
     """The recipe's ns1 on the master, with the demo service on 9090 (tcp only); removed after the test."""
     scrub_netfilter(lab)
-    veth_pair(undo, ansible.run_module, MASTER, VETH)
+    veth_pair(undo, modules.run_module, MASTER, VETH)
     start(undo, lab, ["python3", str(DEMO_SERVICE), "9090"], 9090, netns="ns1")
     return lab
 

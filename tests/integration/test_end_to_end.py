@@ -23,13 +23,13 @@ MAPPINGS = [
 
 
 @pytest.fixture(scope="module")
-def services(lab, ansible):
+def services(lab, modules):
     """ns1 with its pair on the master, the two services in it; all removed afterwards."""
     scrub_netfilter(lab)
     sh(lab, "iptables", "-P", "FORWARD", "DROP")
     sh(lab, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
     try:
-        assert not ansible.run_module("master", "netns.expose.netns_veth", VETH)["failed"]
+        assert not modules.run_module("master", "netns.expose.netns_veth", VETH)["failed"]
         for service in (f"python3 {DEMO_SERVICE} 9090", f"python3 {UDP_ECHO} serve 5353"):
             # Detached from our pipes, or waiting for its output would never end.
             sh(lab, "sh", "-c", f"setsid -f ip netns exec ns1 {service} </dev/null >/dev/null 2>&1")
@@ -40,7 +40,7 @@ def services(lab, ansible):
     finally:
         # Only the processes in this lab master's ns1 (pkill would reach other labs too).
         sh(lab, "sh", "-c", "ip netns pids ns1 | xargs -r kill", check=False)
-        ansible.run_module("master", "netns.expose.netns_veth", {**VETH, "state": "absent"})
+        modules.run_module("master", "netns.expose.netns_veth", {**VETH, "state": "absent"})
         sh(lab, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0")
         scrub_netfilter(lab)
 
@@ -51,9 +51,9 @@ def backend(request):
 
 
 @pytest.fixture
-def run_module(ansible, backend):
+def run_module(modules, backend):
     """Every test runs with each backend of dnat_rule."""
-    return with_backend(ansible.run_module, backend)
+    return with_backend(modules.run_module, backend)
 
 
 def from_slave(lab, *argv):
@@ -190,14 +190,14 @@ def test_hairpin_clients_in_the_masters_namespaces_reach_the_mapping(services, r
 # stop a drop in another base chain of the same hook.
 
 @pytest.mark.parametrize("variant", ["nft", "legacy"])
-def test_nftables_backend_passes_an_iptables_forward_policy_drop_with_its_one_owned_accept(services, ansible, variant):
+def test_nftables_backend_passes_an_iptables_forward_policy_drop_with_its_one_owned_accept(services, modules, variant):
     """Docker-like: the FORWARD policy of one iptables variant is DROP (the other's ACCEPT)."""
     lab = services
     other = "legacy" if variant == "nft" else "nft"
     sh(lab, f"iptables-{variant}", "-P", "FORWARD", "DROP")
     sh(lab, f"iptables-{other}", "-P", "FORWARD", "ACCEPT")
     try:
-        added = ansible.run_module("master", "netns.expose.dnat_rule", {**MAPPINGS[0], "backend": "nftables"})
+        added = modules.run_module("master", "netns.expose.dnat_rule", {**MAPPINGS[0], "backend": "nftables"})
         assert not added["failed"], added
         assert added["backend"] == "nftables" and added["iptables"] == variant
         assert reachable(lab)["tcp"] == REPLY
@@ -209,10 +209,10 @@ def test_nftables_backend_passes_an_iptables_forward_policy_drop_with_its_one_ow
         sh(lab, f"iptables-{variant}", "-D", "FORWARD", "-m", "comment", "--comment", "netns.expose", "-j", "NETNS-EXPOSE-FWD")
         sh(lab, "conntrack", "-F")
         assert reachable(lab)["tcp"] is None, "reachable without the accept: the test proves nothing"
-        assert ansible.run_module("master", "netns.expose.dnat_rule", {**MAPPINGS[0], "backend": "nftables"})["changed"]
+        assert modules.run_module("master", "netns.expose.dnat_rule", {**MAPPINGS[0], "backend": "nftables"})["changed"]
         assert reachable(lab)["tcp"] == REPLY
     finally:
-        ansible.run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent", "backend": "nftables"})
+        modules.run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent", "backend": "nftables"})
         sh(lab, "iptables-legacy", "-P", "FORWARD", "ACCEPT")
         sh(lab, "iptables-nft", "-P", "FORWARD", "DROP")
     assert "netns.expose" not in sh(lab, f"iptables-{variant}-save")
@@ -227,28 +227,28 @@ HOST_FIREWALL = """table inet filter {
 ACCEPT_MAPPED = "ct mark and 0x1000000 == 0x1000000 ct status dnat accept"
 
 
-def test_nftables_backend_refuses_a_host_firewall_that_drops_its_flows_and_names_the_rule_to_add(services, ansible):
+def test_nftables_backend_refuses_a_host_firewall_that_drops_its_flows_and_names_the_rule_to_add(services, modules):
     """A typical /etc/nftables.conf: a forward chain with policy drop in a table of the host's own."""
     lab = services
     web = {**MAPPINGS[0], "backend": "nftables"}
     sh(lab, "nft", "-f", "-", stdin=HOST_FIREWALL)
     try:
-        refused = ansible.run_module("master", "netns.expose.dnat_rule", web)
+        refused = modules.run_module("master", "netns.expose.dnat_rule", web)
         assert refused["failed"]
         assert "chain forward of table inet filter (policy drop)" in refused["msg"]
         assert f"nft insert rule inet filter forward {ACCEPT_MAPPED}" in refused["msg"]
         assert lab.exec("master", ["nft", "list", "table", "ip", "netns_expose"]).returncode != 0, "changed something"
         # Control: told to go ahead anyway, the mapping is made and the host's firewall drops its flows.
-        forced = ansible.run_module("master", "netns.expose.dnat_rule", {**web, "forward_drop_check": False})
+        forced = modules.run_module("master", "netns.expose.dnat_rule", {**web, "forward_drop_check": False})
         assert not forced["failed"], forced
         assert reachable(lab)["tcp"] is None, "reachable through policy drop: the test proves nothing"
         # The rule the message names, added by the host's administrator, lets exactly the mapped flows through.
         sh(lab, "nft", "insert", "rule", "inet", "filter", "forward", *ACCEPT_MAPPED.split())
         sh(lab, "conntrack", "-F")
-        again = ansible.run_module("master", "netns.expose.dnat_rule", web)
+        again = modules.run_module("master", "netns.expose.dnat_rule", web)
         assert not again["failed"] and again["changed"] is False, again
         assert reachable(lab)["tcp"] == REPLY
         assert "table inet filter" in sh(lab, "nft", "list", "tables")
     finally:
-        ansible.run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent", "backend": "nftables"})
+        modules.run_module("master", "netns.expose.dnat_rule", {"name": "web", "state": "absent", "backend": "nftables"})
         sh(lab, "nft", "delete", "table", "inet", "filter", check=False)

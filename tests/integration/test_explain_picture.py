@@ -8,6 +8,9 @@ browser shows the SVG that explain.yml writes, and by rsvg-convert, as the playb
   module's estimate of text widths is not short;
 - rsvg-convert -f png makes a PNG of the SVG's width and height, not blank either.
 
+The Chromium tests are tier two (marked `full`: `bash hack/test.sh --full`, whose bootstrap installs Chromium);
+the PNG decoder and rsvg-convert's PNG are tier one.
+
 No lab. Chromium runs in a network namespace of its own (unshare --net: it can send nothing past its loopback),
 with its profile, cache and temporary files under tmp_path; no process of it outlives a run.
 """
@@ -182,6 +185,7 @@ def chromium(tmp_path, *args):
     # shorter than 108 bytes, and tmp_path's can be longer.
     env = dict(os.environ, HOME=str(home), TMPDIR=".", XDG_CONFIG_HOME=str(home / "config"),
                XDG_CACHE_HOME=str(home / "cache"))
+    assert shutil.which("chromium"), "no chromium on PATH: tier two needs it (bash hack/bootstrap.sh --full installs it)"
     argv = ["unshare", "--net", "--", "chromium", *CHROMIUM_FLAGS, f"--user-data-dir={home / 'profile'}", *args]
     # A session of its own: on a timeout its whole process group goes.
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=home,
@@ -236,6 +240,7 @@ def check_picture(png, size, flow):
         assert red_pixels(rows) == 0, "red in the picture of a flow that worked"
 
 
+@pytest.mark.full
 @FLOWS
 def test_chromium_draws_the_svg_at_its_size_with_red_only_for_findings(flow, tmp_path):
     svg = hop_diagram(flow)
@@ -246,6 +251,7 @@ def test_chromium_draws_the_svg_at_its_size_with_red_only_for_findings(flow, tmp
     check_picture((tmp_path / "shot.png").read_bytes(), size, flow)
 
 
+@pytest.mark.full
 @FLOWS
 def test_chromium_parses_the_svg(flow, tmp_path):
     (tmp_path / "diagram.svg").write_text(hop_diagram(flow), encoding="utf-8")
@@ -273,6 +279,7 @@ document.getElementById("report").textContent = JSON.stringify({texts, groups});
 """
 
 
+@pytest.mark.full
 @FLOWS
 def test_in_chromium_no_text_leaves_the_picture_or_its_box_or_meets_another(flow, tmp_path):
     svg = hop_diagram(flow)

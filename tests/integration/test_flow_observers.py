@@ -90,9 +90,9 @@ finally:
 
 
 @pytest.fixture(params=DNAT_BACKENDS)
-def published(request, lab, ansible):
+def published(request, lab, modules):
     """The recipe's pair and tcp mapping on the master with a backend, the demo service in ns1; removed after."""
-    run_module = with_backend(ansible.run_module, request.param)
+    run_module = with_backend(modules.run_module, request.param)
     with Undo() as undo:
         veth_pair(undo, run_module, MASTER, RECIPE_PAIR)
         mapping(undo, run_module, WEB)

@@ -126,15 +126,15 @@ def test_the_lan_routes_nowhere_and_the_machine_gets_no_lab_link(lab):
 # The connection plugin
 
 
-def test_connection_runs_commands_in_the_lab_host(lab, run_module):
+def test_connection_runs_commands_in_the_lab_host(lab, ansible):
     for name in lab.hosts:
-        result = run_module(name, "ansible.builtin.command", {"argv": ["hostname"]})
+        result = ansible.run_module(name, "ansible.builtin.command", {"argv": ["hostname"]})
         assert not result["failed"], result
         assert result["stdout"] == name
 
 
-def test_module_args_reach_the_module_untemplated(run_module):
-    result = run_module(MASTER, "ansible.builtin.command", {"argv": ["echo", "{{ 1 + 1 }} 'quoted' \"double\""]})
+def test_module_args_reach_the_module_untemplated(ansible):
+    result = ansible.run_module(MASTER, "ansible.builtin.command", {"argv": ["echo", "{{ 1 + 1 }} 'quoted' \"double\""]})
     assert result["stdout"] == "{{ 1 + 1 }} 'quoted' \"double\""
 
 
@@ -211,10 +211,10 @@ def test_copy_and_fetch_round_trip_through_the_host_mount_namespace(host_exec, r
         host_exec(MASTER, ["rm", "-f", remote])
 
 
-def test_copy_into_a_missing_directory_fails_clearly(run_module, tmp_path):
+def test_copy_into_a_missing_directory_fails_clearly(ansible, tmp_path):
     source = tmp_path / "small.txt"
     source.write_text("x\n", encoding="utf-8")
-    result = run_module(MASTER, "ansible.builtin.copy", {"src": str(source), "dest": "/nonexistent-dir/small.txt"})
+    result = ansible.run_module(MASTER, "ansible.builtin.copy", {"src": str(source), "dest": "/nonexistent-dir/small.txt"})
     assert result["failed"] is True
     assert "/nonexistent-dir" in result["msg"]
 

@@ -263,7 +263,7 @@ def listening_behind(lab, port):
 
 
 @pytest.fixture(scope="module")
-def mapped(lab, ansible):
+def mapped(lab, modules):
     """The three TCP services in the master's namespace prb, each published on a port of the master.
 
     Before the mappings exist, the master refuses those ports: the checks reach the services only
@@ -277,11 +277,11 @@ def mapped(lab, ansible):
     ]
     with contextlib.ExitStack() as stack:
         stack.callback(scrub_netfilter, lab)
-        stack.callback(ansible.run_module, MASTER, "netns.expose.netns_veth", {**BEHIND, "state": "absent"})
-        stack.callback(ansible.run_module, MASTER, "netns.expose.dnat_rule",
+        stack.callback(modules.run_module, MASTER, "netns.expose.netns_veth", {**BEHIND, "state": "absent"})
+        stack.callback(modules.run_module, MASTER, "netns.expose.dnat_rule",
                        {"rules": [{"name": rule["name"]} for rule in rules], "state": "absent"})
         scrub_netfilter(lab)
-        made = ansible.run_module(MASTER, "netns.expose.netns_veth", BEHIND)
+        made = modules.run_module(MASTER, "netns.expose.netns_veth", BEHIND)
         assert not made["failed"], made
         # ip netns exec execs the service (no fork): the pid is the service's.
         stack.enter_context(master_process(lab, [*in_ns, "python3", "-c", HTTP_SERVER, str(MAPPED_HTTP[1]), PAGE]))
@@ -290,11 +290,11 @@ def mapped(lab, ansible):
         wait_until(lambda: all(listening_behind(lab, ns_port) for _host_port, ns_port in
                                (MAPPED_HTTP, MAPPED_ECHO, MAPPED_SILENT)), "the services in prb")
         # Control: without the mappings nothing answers on those ports of the master.
-        unmapped = ansible.run_module(SLAVE, MODULE, {"checks": [behind(MAPPED_HTTP[0]), behind(MAPPED_ECHO[0]),
+        unmapped = modules.run_module(SLAVE, MODULE, {"checks": [behind(MAPPED_HTTP[0]), behind(MAPPED_ECHO[0]),
                                                                  behind(MAPPED_SILENT[0])],
                                                       "timeout": 1, "fail_on_error": False})
         assert [r["detail"] for r in unmapped["results"]] == ["connection refused"] * 3, unmapped
-        added = ansible.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})
+        added = modules.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})
         assert not added["failed"], added
         yield
 

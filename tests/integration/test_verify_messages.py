@@ -72,15 +72,15 @@ def report(inventory):
 
 
 @pytest.fixture(scope="module")
-def one_dead_port(lab, ansible):
+def one_dead_port(lab, modules):
     """The service's pair and mappings on the master, its HTTP server up, nothing on its udp port."""
     with contextlib.ExitStack() as stack:
         stack.callback(scrub_netfilter, lab)
-        stack.callback(ansible.run_module, MASTER, "netns.expose.netns_veth", {**PAIR, "state": "absent"})
-        stack.callback(ansible.run_module, MASTER, "netns.expose.dnat_rule",
+        stack.callback(modules.run_module, MASTER, "netns.expose.netns_veth", {**PAIR, "state": "absent"})
+        stack.callback(modules.run_module, MASTER, "netns.expose.dnat_rule",
                        {"rules": [{"name": m["name"]} for m in MAPPINGS], "state": "absent"})
         scrub_netfilter(lab)
-        made = ansible.run_module(MASTER, "netns.expose.netns_veth", PAIR)
+        made = modules.run_module(MASTER, "netns.expose.netns_veth", PAIR)
         assert not made["failed"], made
         for script, port, text in ((HTTP_SERVER, WEB_NS_PORT, DEMO_REPLY), (BANNER_SERVER, BANNER_NS_PORT, BANNER)):
             # ip netns exec execs the server (no fork): the pid is the server's.
@@ -95,7 +95,7 @@ def one_dead_port(lab, ansible):
             assert time.monotonic() < deadline, "the servers in vfy do not listen"
             time.sleep(0.1)
         rules = [dict(m, destination=MASTER_IP, in_interface="eth0") for m in MAPPINGS]
-        added = ansible.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})
+        added = modules.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})
         assert not added["failed"], added
         yield
 
