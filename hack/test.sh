@@ -18,11 +18,13 @@ if [ "${1:-}" = "--full" ]; then
   bootstrap=(--full)
   shift
 fi
-# pytest's workers: measured on 2 cores, see "Tests" in the README.
+# pytest's workers: 3 keep 2 cores busy (see "Tiers, times and fast loops" in the README).
 workers=${NETNS_EXPOSE_TEST_WORKERS:-3}
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+# Interrupted: the linters and molecule (beside pytest) go too.
+trap 'kill $(jobs -p) 2>/dev/null; exit 130' INT TERM
 run_start=$(date +%s)
 
 # timed NAME COMMAND...: runs COMMAND, records NAME, its duration and its exit status in $logs/phases.

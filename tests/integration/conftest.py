@@ -7,7 +7,7 @@
 - ansible_env (session): the environment of hack/env.sh, for Ansible and nslab.py runs.
 - ansible (session): an AnsibleRunner with run_module(...) and run_playbook(...).
 - modules (session): a ModuleRunner: run_module(...) runs a module of the collection in a lab host as
-  Ansible runs it there, without ansible-playbook (a tenth of the time), for the tests of what a module
+  Ansible runs it there, without ansible-playbook (a fraction of the time), for the tests of what a module
   does; test_module_runner.py proves that both give the same result.
 - run_module(host, module, args, check=False, diff=False, python=None) -> the module's result dict
   (modules.run_module).
@@ -215,10 +215,10 @@ class ModuleRunner:
 
     What a module does is the same through Ansible and here: the same interpreter in the same namespaces,
     the same arguments (as JSON, with check mode and diff set as Ansible sets them), and the result with
-    `changed` and `failed` defaulted and warnings as their messages, as the controller hands them over. What is not exercised is Ansible
-    itself (templating, the nsenter connection, AnsiballZ): the playbook and role tests, and
-    test_module_runner.py, cover those. An ansible-playbook run costs about 2 s of CPU before the module
-    starts; this costs the interpreter's start-up.
+    `changed` and `failed` defaulted and warnings as their messages, as the controller hands them over.
+    What is not exercised is Ansible itself (templating, the nsenter connection, AnsiballZ): the playbook
+    and role tests, and test_module_runner.py, cover those. An ansible-playbook run starts Ansible's
+    controller before the module runs; this costs the module's own start-up.
     """
 
     def __init__(self, lab, inventory, workdir, env):
