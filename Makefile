@@ -13,6 +13,10 @@ PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 K ?=
 
 units:
+	@$(PYTHON) -c 'import ansible, pytest' 2>/dev/null || { \
+	  echo "make units: $(PYTHON) lacks ansible-core or pytest. Either: bash hack/bootstrap.sh (root, once);" \
+	       "or, as any user: python3 -m venv $(VENV) && $(VENV)/bin/pip install -r requirements-test.txt -c constraints.txt;" \
+	       "or: make units PYTHON=/path/to/python" >&2; exit 2; }
 	$(PYTHON) -m pytest -p no:cacheprovider -q tests/unit
 
 venv:
