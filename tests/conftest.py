@@ -18,12 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _collections_paths():
     """The entries of ANSIBLE_COLLECTIONS_PATH that hold this checkout as netns.expose."""
-    found = []
-    for path in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep):
-        link = Path(path or ".", "ansible_collections", "netns", "expose")
-        if path and link.is_dir() and link.resolve() == REPO:
-            found.append(path)
-    return found
+    paths = [path for path in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if path]
+    return [path for path in paths if Path(path, "ansible_collections", "netns", "expose").resolve() == REPO]
 
 
 def _own_collections_path():
