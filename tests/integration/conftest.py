@@ -34,6 +34,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ansible as ansible_core  # not `ansible`: that is the fixture below
 import pytest
 import yaml
 
@@ -229,9 +230,7 @@ class ModuleRunner:
         # only ansible-core's package in it, as AnsiballZ ships module_utils with the module.
         shim = Path(workdir) / "python-path"
         shim.mkdir(exist_ok=True)
-        ansible_package = subprocess.run([sys.executable, "-c", "import ansible, os; print(os.path.dirname(ansible.__file__))"],
-                                         capture_output=True, text=True, check=True).stdout.strip()
-        (shim / "ansible").symlink_to(ansible_package)
+        (shim / "ansible").symlink_to(Path(ansible_core.__file__).parent)
         self.env = {**env, "PYTHONPATH": os.pathsep.join([str(shim), env["ANSIBLE_COLLECTIONS_PATH"]])}
 
     def run_module(self, host, module, args, check=False, diff=False, python=None):

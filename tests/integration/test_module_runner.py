@@ -7,10 +7,10 @@ master, and the two results are compared whole (but for the module's name, which
 from __future__ import annotations
 
 import pytest
-from master_host import MASTER, RECIPE_PAIR, nft_table, scrub_netfilter, sh
+from master_host import MASTER, nft_table, scrub_netfilter, sh
 
 # A pair of its own, so that the test leaves the recipe's ns1 to the other tests.
-PAIR = dict(RECIPE_PAIR, netns="nsrunner", ns_ifname="vrun1a", host_ifname="vrun1b",
+PAIR = dict(netns="nsrunner", ns_ifname="vrun1a", host_ifname="vrun1b",
             ns_address="10.250.7.2/24", host_address="10.250.7.3/24")
 MAPPING = dict(name="runner-web", protocol="tcp", port=8190, to_address="10.250.7.2", to_port=9090,
                backend="nftables")
