@@ -21,6 +21,7 @@ Where netlink cannot be used, the conntrack tool does it: one `conntrack -L`, th
 from __future__ import annotations
 
 import errno
+import ipaddress
 import operator
 import os
 import re
@@ -88,20 +89,31 @@ def key_order(key):
 
 class KeyIndex:
     """The keys by (protocol number, port), to match entries in constant time; an entry goes to the first key
-    (in key_order) that matches it."""
+    (in key_order) that matches it.
 
-    def __init__(self, keys):
+    kept: {key: networks} of the keys whose entries from a source in those networks are kept (the clients a
+    mapping's allowed_sources still allows, when only the list changed): only the others are deleted."""
+
+    def __init__(self, keys, kept=None):
         self.keys = sorted(keys, key=key_order)
         self._by_port = {}
+        self._kept = {key: [ipaddress.IPv4Network(network) for network in networks]
+                      for key, networks in (kept or {}).items()}
         for key in self.keys:
             protocol, port, destination = key
             self._by_port.setdefault((PROTOCOL_NUMBERS[protocol], port), []).append((destination, key))
 
-    def match(self, protonum, port, destination):
+    def match(self, protonum, port, destination, source=None):
         for wanted, key in self._by_port.get((protonum, port if protonum in PORTED else None), ()):
             if wanted is None or wanted == destination:
+                if key in self._kept and source is not None and self._keeps(key, source):
+                    return None
                 return key
         return None
+
+    def _keeps(self, key, source):
+        address = ipaddress.IPv4Address(source)
+        return any(address in network for network in self._kept[key])
 
 
 # Netlink
@@ -139,13 +151,14 @@ _LEAVES_SHAPE = (8, 1, 8, CTA_IP_V4_DST, 5, CTA_PROTO_NUM, 6, 2, 6, CTA_PROTO_DS
 
 
 def entry_key(data, start, end):
-    """(protocol number, destination port or None, destination address) of the original direction of one
-    ctnetlink message (its attributes are data[start:end], after struct nfgenmsg); None without one."""
+    """(protocol number, destination port or None, destination address, source address) of the original
+    direction of one ctnetlink message (its attributes are data[start:end], after struct nfgenmsg); None
+    without one."""
     if end - start >= _TCP_UDP.size:
         fields = _TCP_UDP.unpack_from(data, start)
         if _LEAVES(fields) == _LEAVES_SHAPE and tuple(kind & NLA_TYPE_MASK for kind in _NESTS(fields)) == _NESTS_SHAPE:
-            return fields[14], _PORT.unpack(fields[20])[0], socket.inet_ntoa(fields[9])
-    protonum = port = destination = None
+            return fields[14], _PORT.unpack(fields[20])[0], socket.inet_ntoa(fields[9]), socket.inet_ntoa(fields[6])
+    protonum = port = destination = source = None
     for kind, value, value_end, _at in _attributes(data, start, end):
         if kind != CTA_TUPLE_ORIG:
             continue
@@ -154,13 +167,15 @@ def entry_key(data, start, end):
                 for ip_kind, ip_value, ip_end, _a in _attributes(data, tuple_value, tuple_end):
                     if ip_kind == CTA_IP_V4_DST and ip_end - ip_value == 4:
                         destination = socket.inet_ntoa(bytes(data[ip_value:ip_end]))
+                    elif ip_kind == CTA_IP_V4_SRC and ip_end - ip_value == 4:
+                        source = socket.inet_ntoa(bytes(data[ip_value:ip_end]))
             elif tuple_kind == CTA_TUPLE_PROTO:
                 for proto_kind, proto_value, proto_end, _a in _attributes(data, tuple_value, tuple_end):
                     if proto_kind == CTA_PROTO_NUM and proto_end > proto_value:
                         protonum = data[proto_value]
                     elif proto_kind == CTA_PROTO_DST_PORT and proto_end - proto_value == 2:
                         port = _PORT.unpack_from(data, proto_value)[0]
-        return protonum, port, destination
+        return protonum, port, destination, source
     return None
 
 
@@ -281,8 +296,8 @@ class NetlinkConntrack:
                 yield data, start + skip, end
 
     def entries(self):
-        """(protocol number, port, destination, message, start, end) of every IPv4 entry, read in one dump;
-        message[start:end] are its attributes, for delete_payload."""
+        """(protocol number, port, destination, source, message, start, end) of every IPv4 entry, read in one
+        dump; message[start:end] are its attributes, for delete_payload."""
         for data, start, end in self._dump():
             key = entry_key(data, start, end)
             if key is not None:
@@ -327,15 +342,15 @@ def netlink_usable():
     return True
 
 
-def delete_over_netlink(keys, table=None):
-    """Delete the entries of keys in one pass: {key: entries deleted}."""
-    index = KeyIndex(keys)
+def delete_over_netlink(keys, table=None, kept=None):
+    """Delete the entries of keys (but those KeyIndex keeps) in one pass: {key: entries deleted}."""
+    index = KeyIndex(keys, kept)
     counts = {key: 0 for key in index.keys}
     table = table or NetlinkConntrack()
     try:
         matched, payloads = [], []
-        for protonum, port, destination, message, start, end in table.entries():
-            key = index.match(protonum, port, destination)
+        for protonum, port, destination, source, message, start, end in table.entries():
+            key = index.match(protonum, port, destination, source)
             if key is not None:
                 matched.append(key)
                 payloads.append(delete_payload(message, start, end))
@@ -348,13 +363,16 @@ def delete_over_netlink(keys, table=None):
 
 # The conntrack tool
 
-def delete_argv(conntrack, protocol, port, destination):
-    """conntrack -D for the flows of one mapping key: protocol, original destination port and address."""
+def delete_argv(conntrack, protocol, port, destination, source=None):
+    """conntrack -D for the flows of one mapping key: protocol, original destination port and address (and,
+    when given, original source address)."""
     argv = [conntrack, "-D", "-p", protocol]
     if port is not None:
         argv += ["--orig-port-dst", str(port)]
     if destination is not None:
         argv += ["--orig-dst", destination]
+    if source is not None:
+        argv += ["--orig-src", source]
     return argv
 
 
@@ -367,7 +385,8 @@ def deleted_count(rc, out, err):
 
 
 def listed_entries(text):
-    """(protocol number, destination port or None, destination address) of each line of `conntrack -L`."""
+    """(protocol number, destination port or None, destination address, source address) of each line of
+    `conntrack -L`."""
     for line in text.splitlines():
         fields = line.split()
         if len(fields) < 2 or not fields[1].isdigit():
@@ -378,20 +397,24 @@ def listed_entries(text):
             if sep and name not in values:  # the first of each: the original direction
                 values[name] = value
         port = values.get("dport")
-        yield int(fields[1]), int(port) if port and port.isdigit() else None, values.get("dst")
+        yield int(fields[1]), int(port) if port and port.isdigit() else None, values.get("dst"), values.get("src")
 
 
-def delete_with_tool(run_command, conntrack, keys):
-    """One `conntrack -L`, then one `conntrack -D` per key that has entries: {key: entries deleted}."""
-    index = KeyIndex(keys)
+def delete_with_tool(run_command, conntrack, keys, kept=None):
+    """One `conntrack -L`, then one `conntrack -D` per key that has entries (per key and source, for a key of
+    `kept`, see KeyIndex): {key: entries deleted}."""
+    index = KeyIndex(keys, kept)
     counts = {key: 0 for key in index.keys}
     rc, out, err = run_command([conntrack, "-L", "-f", "ipv4"])
     if rc != 0:
         raise ConntrackError(f"conntrack -L failed ({rc}): {(err or out).strip()}")
-    present = {index.match(*entry) for entry in listed_entries(out)} - {None}
-    for key in index.keys:
-        if key in present:
-            counts[key] = deleted_count(*run_command(delete_argv(conntrack, *key)))
+    present = set()
+    for entry in listed_entries(out):
+        key = index.match(*entry)
+        if key is not None:
+            present.add((key, entry[3] if kept and key in kept else None))
+    for key, source in sorted(present, key=lambda found: (key_order(found[0]), found[1] or "")):
+        counts[key] += deleted_count(*run_command(delete_argv(conntrack, *key, source)))
     return counts
 
 
@@ -413,8 +436,8 @@ class ConntrackTable:
                 self._method = None
         return self._method
 
-    def delete(self, keys):
-        """Delete the entries of every key in one pass; {key: entries deleted}."""
+    def delete(self, keys, kept=None):
+        """Delete the entries of every key (but those KeyIndex keeps) in one pass; {key: entries deleted}."""
         if self.method == "netlink":
-            return delete_over_netlink(keys)
-        return delete_with_tool(self.module.run_command, self.module.get_bin_path("conntrack"), keys)
+            return delete_over_netlink(keys, kept=kept)
+        return delete_with_tool(self.module.run_command, self.module.get_bin_path("conntrack"), keys, kept)

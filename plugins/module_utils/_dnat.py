@@ -19,19 +19,21 @@ What a packet costs does not grow with the number of mappings:
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from ansible_collections.netns.expose.plugins.module_utils import _persist
 from ansible_collections.netns.expose.plugins.module_utils._conntrack import key_order
 from ansible_collections.netns.expose.plugins.module_utils._iptables import (
     JUMP_COMMENT,
-    OWNER_COMMENT,
     XTABLES_LOCK_WAIT,
     OwnedRules,
+    chain_of,
+    is_shared_comment,
     jump_line,
     owned_rules,
     restore_script,
@@ -41,6 +43,8 @@ from ansible_collections.netns.expose.plugins.module_utils._packages import inst
 from ansible_collections.netns.expose.plugins.module_utils._plan import REMOVE, Plan
 from ansible_collections.netns.expose.plugins.module_utils._validation import (
     InvalidInput,
+    address_in,
+    check_allowed_sources,
     check_ifname,
     check_name,
     check_port,
@@ -56,11 +60,21 @@ FORWARD_CHAIN = "NETNS-EXPOSE-FWD"
 # <parent>-icmp, and <parent>-<tcp|udp>-<first port of the range>.
 BUCKET_PORTS = 64
 BUCKET_CHAIN = re.compile(r"^(NETNS-EXPOSE|NETNS-EXPOSE-LOCAL)-(?:(tcp|udp)-(\d{1,5})|icmp)$")
+# allowed_sources, in the mangle table (the nat table cannot drop): a new flow to a mapping with a list meets,
+# in NETNS-EXPOSE-SRC (from PREROUTING) or NETNS-EXPOSE-SRC-LOCAL (from OUTPUT), one rule per such mapping
+# (and hairpin source), and the mapping's chain NETNS-EXPOSE-S-<digest of its name>: one RETURN per network of
+# its list, then a DROP that counts the clients it denied.
+SOURCES_CHAIN = "NETNS-EXPOSE-SRC"
+SOURCES_LOCAL_CHAIN = "NETNS-EXPOSE-SRC-LOCAL"
+ALLOWED_CHAIN_PREFIX = "NETNS-EXPOSE-S-"
+ALLOWED_CHAIN = re.compile(r"^NETNS-EXPOSE-S-[0-9a-f]{10}$")
 JUMPS = {
     ("nat", "PREROUTING"): PREROUTING_CHAIN,
     ("nat", "OUTPUT"): LOCAL_CHAIN,
     ("nat", "POSTROUTING"): POSTROUTING_CHAIN,
     ("filter", "FORWARD"): FORWARD_CHAIN,
+    ("mangle", "PREROUTING"): SOURCES_CHAIN,
+    ("mangle", "OUTPUT"): SOURCES_LOCAL_CHAIN,
 }
 
 
@@ -68,14 +82,41 @@ def is_nat_chain(chain):
     return chain in (PREROUTING_CHAIN, LOCAL_CHAIN, POSTROUTING_CHAIN) or BUCKET_CHAIN.match(chain) is not None
 
 
-OWNED_CHAINS = {"nat": is_nat_chain, "filter": (FORWARD_CHAIN,)}
+def is_mangle_chain(chain):
+    return chain in (SOURCES_CHAIN, SOURCES_LOCAL_CHAIN) or ALLOWED_CHAIN.match(chain) is not None
+
+
+OWNED_CHAINS = {"nat": is_nat_chain, "filter": (FORWARD_CHAIN,), "mangle": is_mangle_chain}
+
+
+def table_of(chain):
+    """The table of an owned chain."""
+    if chain == FORWARD_CHAIN:
+        return "filter"
+    return "mangle" if is_mangle_chain(chain) else "nat"
+
+
+def allowed_chain(name):
+    """The chain of a mapping's allowed_sources (iptables chain names have at most 28 characters)."""
+    return ALLOWED_CHAIN_PREFIX + hashlib.sha256(name.encode()).hexdigest()[:10]
+
+
+# Chains whose rules depend on each other's order (a DROP ends NETNS-EXPOSE-FWD): rewritten whole when an
+# edit in place would leave them in another order.
+ORDERED_CHAINS = frozenset({FORWARD_CHAIN})
 
 MAPPING_PREFIX = "netns.expose:"
 # A rule that matches nothing in particular and has no target: it only records, in
 # the host's own netfilter state, that the collection turned ip_forward on.
 IP_FORWARD_MARK = f'-A {PREROUTING_CHAIN} -m comment --comment "netns.expose/ip_forward-was-0"'
 IP_FORWARD_PATH = "/proc/sys/net/ipv4/ip_forward"
+# The comments of the FORWARD rules of the namespace networks (see network_rules), and of the drop that keeps a
+# host whose forwarding the collection turned on from routing anything else (see router_rules).
+GUARDED_COMMENT = "netns.expose/guarded"
+ROUTED_COMMENT = "netns.expose/routed"
+ROUTER_DROP_COMMENT = "netns.expose/forward-only-owned"
 LOOPBACK = "127.0.0.0/8"
+ANY_SOURCE = "0.0.0.0/0"
 # The bit of the conntrack mark that the mapped flows carry. Not one of kube-proxy (0x4000, 0x8000: packet
 # marks), Tailscale (0xff0000, also saved to the conntrack mark), Cilium (0xf00); Docker and firewalld set none.
 DEFAULT_CONNMARK = 0x1000000
@@ -83,7 +124,8 @@ _SET_MARK = re.compile(r" -j CONNMARK --set-xmark (0x[0-9a-f]+)/(0x[0-9a-f]+)$")
 
 # Letters, digits, '.', '_' and '-', not starting with '-': nothing in a name can
 # close the quoted comment or read as an iptables option.
-MAPPING_FIELDS = ("name", "protocol", "port", "to_address", "to_port", "destination", "in_interface", "local")
+MAPPING_FIELDS = ("name", "protocol", "port", "to_address", "to_port", "destination", "in_interface", "local",
+                  "allowed_sources")
 
 
 def set_mark_target(mark):
@@ -96,6 +138,51 @@ def forward_accept_rule(mark):
     return f"-A {FORWARD_CHAIN} -m connmark --mark {mark:#x}/{mark:#x} -m conntrack --ctstate DNAT {JUMP_COMMENT} -j ACCEPT"
 
 
+SOURCES_NEW_ONLY = "-A {chain} -m conntrack ! --ctstate NEW " + JUMP_COMMENT + " -j RETURN"
+
+
+def network_rules(networks):
+    """The NETNS-EXPOSE-FWD rules of the namespace networks (a Networks), in order.
+
+    A guarded network is reached only by the flows of a mapping (DNAT-ed) and by the replies to the connections
+    its namespaces open; anything else forwarded to it is dropped, so that a LAN host with a route to the
+    subnet, or another namespace of the host, does not reach an unpublished port. A routed network is left to the
+    host's own rules (RETURN): it is listed so that the router drop below lets it through too."""
+    lines = []
+    for network in networks.guarded:
+        match = f"-A {FORWARD_CHAIN} -d {network}"
+        lines += [f'{match} -m conntrack --ctstate DNAT -m comment --comment "{GUARDED_COMMENT}" -j RETURN',
+                  f'{match} -m conntrack --ctdir REPLY -m comment --comment "{GUARDED_COMMENT}" -j RETURN',
+                  f'{match} -m comment --comment "{GUARDED_COMMENT}" -j DROP']
+    for network in networks.routed:
+        lines += [f'-A {FORWARD_CHAIN} -{side} {network} -m comment --comment "{ROUTED_COMMENT}" -j RETURN'
+                  for side in ("s", "d")]
+    return lines
+
+
+def router_rules(networks):
+    """What ends NETNS-EXPOSE-FWD on a host whose forwarding the collection turned on: the traffic of the
+    namespaces (from a guarded network; routed ones returned already) and the DNAT-ed flows go on to the
+    host's own rules, and everything else is dropped, so that the host does not become a router."""
+    return [*(f'-A {FORWARD_CHAIN} -s {network} -m comment --comment "{GUARDED_COMMENT}" -j RETURN'
+              for network in networks.guarded),
+            f"-A {FORWARD_CHAIN} -m conntrack --ctstate DNAT {JUMP_COMMENT} -j RETURN",
+            f'-A {FORWARD_CHAIN} -m comment --comment "{ROUTER_DROP_COMMENT}" -j DROP']
+
+
+def networks_of_rules(owned):
+    """The Networks whose rules NETNS-EXPOSE-FWD has (read back from the DROP of a guarded network and the
+    `-d` RETURN of a routed one)."""
+    guarded, routed = [], []
+    for line in owned.chains.get("filter", {}).get(FORWARD_CHAIN, []):
+        comment, flags = rule_comment(line), _flags_of_rule(line)
+        if comment == GUARDED_COMMENT and line.endswith(" -j DROP") and "-d" in flags:
+            guarded.append(flags["-d"])
+        elif comment == ROUTED_COMMENT and "-d" in flags:
+            routed.append(flags["-d"])
+    return Networks(tuple(sorted(set(guarded))), tuple(sorted(set(routed))))
+
+
 def dispatch_rule(chain):
     """The rule in NETNS-EXPOSE (or NETNS-EXPOSE-LOCAL) that sends the flows of a range to its chain."""
     parent, protocol, first = BUCKET_CHAIN.match(chain).groups()
@@ -103,10 +190,6 @@ def dispatch_rule(chain):
         return f"-A {parent} -p icmp {JUMP_COMMENT} -j {chain}"
     first = int(first)
     return f"-A {parent} -p {protocol} -m {protocol} --dport {first}:{first + BUCKET_PORTS - 1} {JUMP_COMMENT} -j {chain}"
-
-
-def chain_of(line):
-    return line.split(maxsplit=2)[1]
 
 
 def is_prerouting_rule(line):
@@ -135,6 +218,8 @@ class Mapping:
     destination: str | None = None
     in_interface: str | None = None
     local: bool = False
+    # The networks (CIDR, collapsed, sorted) whose clients may use the mapping; None: every client.
+    allowed_sources: tuple | None = None
 
     @property
     def comment(self):
@@ -153,8 +238,18 @@ class Mapping:
 
     def summary(self):
         if self.protocol == "icmp":
-            return f"icmp -> {self.to_address}"
-        return f"{self.protocol} {self.port} -> {self.to_address}:{self.to_port}"
+            text = f"icmp -> {self.to_address}"
+        else:
+            text = f"{self.protocol} {self.port} -> {self.to_address}:{self.to_port}"
+        if self.allowed_sources is not None:
+            shown = self.allowed_sources[:3]
+            more = f" and {len(self.allowed_sources) - 3} more" if len(self.allowed_sources) > 3 else ""
+            text += f", from {', '.join(shown)}{more}"
+        return text
+
+    def allows(self, address):
+        """Whether a client with this source address may use the mapping."""
+        return self.allowed_sources is None or address_in(address, self.allowed_sources)
 
     @property
     def bucket(self):
@@ -207,6 +302,21 @@ class Mapping:
         return (f"-A {POSTROUTING_CHAIN} -s {self.to_address}/32 -d {self.to_address}/32 -p {self.protocol}{ports} "
                 f"{self.comment} -j MASQUERADE")
 
+    def sources_rules(self, sources):
+        """The mangle rules of its allowed_sources (none without): the jumps to its chain, for the clients of its
+        own match, of the hairpin `sources` and (local) the host's own, then the chain."""
+        if self.allowed_sources is None:
+            return []
+        chain = allowed_chain(self.name)
+        jumps = [f"{self._match(SOURCES_CHAIN, None, self.in_interface)} -j {chain}"]
+        jumps += [f"{self._match(SOURCES_CHAIN, source, None)} -j {chain}" for source in sources]
+        if self.local:
+            jumps.append(f"{self._match(SOURCES_LOCAL_CHAIN, None, None)} -j {chain}")
+        # iptables-save leaves out "-s 0.0.0.0/0", as it matches every source.
+        allowed = [f"-A {chain}{'' if network == ANY_SOURCE else ' -s ' + network} {self.comment} -j RETURN"
+                   for network in self.allowed_sources]
+        return [*jumps, *allowed, f"-A {chain} {self.comment} -j DROP"]
+
     def output_rule(self):
         # 127.0.0.0/8 stays out: mapping it would need route_localnet (CVE-2020-8558). Connections from the host
         # itself do not cross FORWARD: no mark.
@@ -237,6 +347,7 @@ def mapping_from_params(prefix, params, state):
         raise InvalidInput(f"{prefix}to_address", "is required")
     destination = params.get("destination")
     in_interface = params.get("in_interface")
+    allowed = params.get("allowed_sources")
     return Mapping(
         name=name,
         protocol=protocol,
@@ -246,6 +357,7 @@ def mapping_from_params(prefix, params, state):
         destination=check_not_loopback(f"{prefix}destination", destination) if destination else None,
         in_interface=check_ifname(f"{prefix}in_interface", in_interface) if in_interface else None,
         local=bool(params.get("local")),
+        allowed_sources=None if allowed is None else check_allowed_sources(f"{prefix}allowed_sources", allowed),
     )
 
 
@@ -304,6 +416,64 @@ class Setup:
         return Setup(self.mark, self.hairpin, sources)
 
 
+@dataclass(frozen=True)
+class Networks:
+    """The subnets of the collection's namespaces on a host, each sorted (see network_rules): `guarded` (reached
+    only through the mappings) and `routed` (routed on purpose, left to the host's own rules)."""
+
+    guarded: tuple = ()
+    routed: tuple = ()
+
+    def __bool__(self):
+        return bool(self.guarded or self.routed)
+
+    def view(self):
+        return {"guarded": list(self.guarded), "routed": list(self.routed)}
+
+    def without(self, networks):
+        """These networks but those that overlap one of `networks` (an iterable of CIDR strings)."""
+        others = [ipaddress.IPv4Network(network) for network in networks]
+
+        def keep(values):
+            return tuple(value for value in values if not any(ipaddress.IPv4Network(value).overlaps(other) for other in others))
+
+        return Networks(keep(self.guarded), keep(self.routed))
+
+    def union(self, other):
+        return Networks(tuple(sorted(set(self.guarded) | set(other.guarded))),
+                        tuple(sorted(set(self.routed) | set(other.routed))))
+
+
+def networks_from_params(guarded, routed):
+    """The options guarded_networks and routed_networks: IPv4 networks that do not overlap each other."""
+    checked = {}
+    for option, values in (("guarded_networks", guarded), ("routed_networks", routed)):
+        for index, value in enumerate(values or []):
+            field = f"{option}[{index}]"
+            try:
+                network = ipaddress.IPv4Network(value)
+            except ValueError as exc:
+                raise InvalidInput(field, f"{value!r} is not an IPv4 network in CIDR notation ({exc})") from None
+            for other_field, other in checked.items():
+                if network.overlaps(other):
+                    raise InvalidInput(field, f"{network} overlaps {other} of {other_field}: a namespace network is "
+                                              "either guarded or routed, once")
+            checked[field] = network
+    return Networks(*(tuple(sorted({str(network) for field, network in checked.items() if field.startswith(option)}))
+                      for option in ("guarded_networks", "routed_networks")))
+
+
+def resolve_networks(spec, current):
+    """The Networks after the run: the run's own lists replace the networks they overlap (all of them with
+    exclusive); with state absent the listed networks go; the others stay as they are."""
+    listed = (*spec.networks.guarded, *spec.networks.routed)
+    if spec.state != "present":
+        return current.without(listed)
+    if spec.exclusive:
+        return spec.networks
+    return current.without(listed).union(spec.networks)
+
+
 def setup_of(spec):
     """The setup the run gives the mappings it lists."""
     return Setup(mark=spec.connmark if spec.accept_forward else None, hairpin=spec.hairpin,
@@ -336,6 +506,8 @@ def _mapping_rules(mapping, setup):
     rules["nat"][mapping.chain(PREROUTING_CHAIN)] = prerouting
     if mapping.local:
         rules["nat"][mapping.chain(LOCAL_CHAIN)] = [mapping.output_rule()]
+    for line in mapping.sources_rules(setup.sources if setup.hairpin else ()):
+        rules.setdefault("mangle", {}).setdefault(chain_of(line), []).append(line)
     return rules
 
 
@@ -361,7 +533,7 @@ def rules_by_mapping(owned):
         for lines in chains.values():
             for line in lines:
                 comment = rule_comment(line) or ""
-                if line == IP_FORWARD_MARK or comment == OWNER_COMMENT:
+                if is_shared_comment(comment):
                     continue
                 name = comment[len(MAPPING_PREFIX):] if comment.startswith(MAPPING_PREFIX) else None
                 by_name.setdefault(name, []).append(line)
@@ -369,9 +541,12 @@ def rules_by_mapping(owned):
 
 
 def shared_rules(owned):
-    """The rules of the owned chains that no mapping owns and that the mappings make: comment OWNER_COMMENT."""
-    return sorted(line for chains in owned.chains.values() for lines in chains.values() for line in lines
-                  if rule_comment(line) == OWNER_COMMENT)
+    """The rules of the owned chains that no mapping owns (see is_shared_comment): sorted, but those of the chains
+    whose order counts (ORDERED_CHAINS), which come last, in their order."""
+    shared = {chain: [line for line in lines if is_shared_comment(rule_comment(line))]
+              for chains in owned.chains.values() for chain, lines in chains.items()}
+    return sorted(line for chain, lines in shared.items() if chain not in ORDERED_CHAINS for line in lines) \
+        + [line for chain in sorted(ORDERED_CHAINS) for line in shared.get(chain, [])]
 
 
 def _flags_of_rule(line):
@@ -406,9 +581,13 @@ def mapping_of_rules(name, lines):
     it from: what moves a mapping of the iptables backend to the other one."""
     main = None
     mark = None
-    sources = []
+    sources, allowed = [], None
     local = hairpin = False
     for line in lines:
+        if ALLOWED_CHAIN.match(chain_of(line)):
+            if line.endswith(" -j RETURN"):
+                allowed = [*(allowed or []), _flags_of_rule(line).get("-s", ANY_SOURCE)]
+            continue
         if chain_of(line) == POSTROUTING_CHAIN:
             hairpin = hairpin or line.endswith(" -j MASQUERADE")
             continue
@@ -435,7 +614,8 @@ def mapping_of_rules(name, lines):
     (protocol, port, destination, in_interface), to_address, to_port = main
     mapping = Mapping(name=name, protocol=protocol, port=port, to_address=to_address,
                       to_port=int(to_port) if to_port else None, destination=destination,
-                      in_interface=in_interface, local=local)
+                      in_interface=in_interface, local=local,
+                      allowed_sources=None if allowed is None else check_allowed_sources("", allowed))
     return mapping, Setup(mark, hairpin or bool(sources), tuple(sources)).of(mapping)
 
 
@@ -451,6 +631,7 @@ class DnatSpec:
     flush_conntrack: bool = True
     connmark: int = DEFAULT_CONNMARK
     persistent: bool = False
+    networks: Networks = Networks()
 
 
 def _empty_rules():
@@ -484,9 +665,10 @@ def marks_of(owned):
     return marks
 
 
-def render_rules(kept, mappings, mark_ip_forward):
+def render_rules(kept, mappings, mark_ip_forward, networks=Networks()):
     """The owned rules after the run: `kept` ({name: lines}) as they are, `mappings` ([(Mapping, Setup)]) as
-    they set them up, what they share, and the ip_forward marker (mark_ip_forward)."""
+    they set them up, what they share, the rules of the namespace `networks`, and the ip_forward marker with
+    the router drop (mark_ip_forward)."""
     desired = _empty_rules()
 
     def add(table, chain, line):
@@ -494,7 +676,7 @@ def render_rules(kept, mappings, mark_ip_forward):
 
     for lines in kept.values():
         for line in lines:
-            add("filter" if line.startswith(f"-A {FORWARD_CHAIN} ") else "nat", chain_of(line), line)
+            add(table_of(chain_of(line)), chain_of(line), line)
     for mapping, setup in mappings:
         for table, chains in _mapping_rules(mapping, setup).items():
             for chain, lines in chains.items():
@@ -503,10 +685,18 @@ def render_rules(kept, mappings, mark_ip_forward):
     nat = desired.chains["nat"]
     for chain in sorted((chain for chain in nat if BUCKET_CHAIN.match(chain)), key=_range_order):
         add("nat", BUCKET_CHAIN.match(chain).group(1), dispatch_rule(chain))
+    for chain in (SOURCES_CHAIN, SOURCES_LOCAL_CHAIN):
+        if desired.chains["mangle"].get(chain):
+            # Only the first packet of a flow is checked, as NAT sees only it.
+            desired.chains["mangle"][chain].insert(0, SOURCES_NEW_ONLY.format(chain=chain))
     for mark in sorted(marks_of(desired)):
         add("filter", FORWARD_CHAIN, forward_accept_rule(mark))
+    for line in network_rules(networks):
+        add("filter", FORWARD_CHAIN, line)
     if mark_ip_forward:
         add("nat", PREROUTING_CHAIN, IP_FORWARD_MARK)
+        for line in router_rules(networks):
+            add("filter", FORWARD_CHAIN, line)
     return _add_jumps(desired)
 
 
@@ -514,7 +704,7 @@ def desired_rules(spec, current_by_name, mark_ip_forward):
     """The owned rules after the run: kept mappings as they are, listed ones as declared, and what they share."""
     kept = kept_mappings(spec, current_by_name)
     declared = declared_mappings(spec)
-    return render_rules(kept, declared, mark_ip_forward and bool(kept or declared))
+    return render_rules(kept, declared, mark_ip_forward and bool(kept or declared), spec.networks)
 
 
 def _range_order(chain):
@@ -567,7 +757,7 @@ class DnatPlan(Plan):
     def __init__(self, before):
         super().__init__(before)
         self.conntrack = []
-        self.published = {"rules": [], "hairpin_sources": []}
+        self.published = {"rules": [], "hairpin_sources": [], "guarded_networks": [], "routed_networks": []}
 
 
 def published_mappings(ruleset, by_name, known=None):
@@ -587,9 +777,22 @@ def published_mappings(ruleset, by_name, known=None):
             continue
         mapping, setup = parsed
         # vars, not asdict: a Mapping holds only plain values, and asdict's deep copy costs 60 ms per 1,000.
-        rules.append({key: value for key, value in vars(mapping).items() if value is not None})
+        rules.append({key: list(value) if isinstance(value, tuple) else value
+                      for key, value in vars(mapping).items() if value is not None})
         sources.update(setup.sources)
     return {"rules": rules, "hairpin_sources": sorted(sources)}
+
+
+def _describe_networks(before, after):
+    """The change of the namespace networks, in words: 'guard 10.244.1.0/24; stop guarding 10.244.2.0/24'."""
+    changes = []
+    for verb, undo, kind in (("guard", "stop guarding", "guarded"), ("route", "stop routing", "routed")):
+        old, new = set(getattr(before, kind)), set(getattr(after, kind))
+        if new - old:
+            changes.append(f"{verb} {', '.join(sorted(new - old))}")
+        if old - new:
+            changes.append(f"{undo} {', '.join(sorted(old - new))}")
+    return "namespace networks: " + "; ".join(changes)
 
 
 def _conntrack_keys(lines):
@@ -605,16 +808,38 @@ def _describe_keys(keys):
     return flows[0] if len(flows) == 1 else f"{', '.join(flows[:-1])} and {flows[-1]}"
 
 
-def _delete_flows(conntrack, keys, entries):
-    counts = conntrack.delete(keys)
+def _delete_flows(conntrack, keys, entries, cut=None):
+    counts = conntrack.delete(keys, cut) if cut else conntrack.delete(keys)
     for key, entry in zip(keys, entries):
         entry["deleted"] = counts.get(key, 0)
 
 
-def _plan_conntrack(plan, conntrack, keys):
-    """Delete the flows of every mapping key a change touches (they were NATed, or not, by the old rules):
-    one step, one pass over the conntrack table."""
-    if not keys or conntrack is None:
+def _gains_a_list(before, declared):
+    """Whether a mapping ((Mapping, Setup) as read, and as the run declares it) is given allowed_sources it had not:
+    its rules or elements are then a superset of what it had, as when drift is repaired, but the run changes it."""
+    return (before is not None and declared is not None and before[0].allowed_sources is None
+            and declared[0].allowed_sources is not None)
+
+
+def _flows_to_delete(touched, cut, source, active, name, before, after, set_up):
+    """Add to `touched` the keys of a changed mapping whose flows must all go (they were NATed, or not, by the old
+    rules), or, when only its allowed_sources changed, to `cut` ({key: allowed sources}) the keys whose flows from
+    the sources it no longer allows go: the established flows of the clients it still allows survive."""
+    old = source.parse(name, before) if before else None
+    new = set_up.get(name) or (active.parse(name, after) if after else None)
+    if old is not None and new is not None and old[1] == new[1] \
+            and replace(old[0], allowed_sources=None) == replace(new[0], allowed_sources=None):
+        if new[0].allowed_sources is not None:
+            cut.update((key, new[0].allowed_sources) for key in active.flow_keys(after))
+        return
+    touched |= (source.flow_keys(before) if before else set()) | (active.flow_keys(after) if after else set())
+
+
+def _plan_conntrack(plan, conntrack, keys, cut=None):
+    """Delete the flows of every mapping key a change touches, and those of the keys of `cut` ({key: allowed
+    sources}) from other sources: one step, one pass over the conntrack table."""
+    cut = cut or {}
+    if not (keys or cut) or conntrack is None:
         return
     method = conntrack.method
     if method is None:
@@ -622,12 +847,14 @@ def _plan_conntrack(plan, conntrack, keys):
             "conntrack (netlink or the tool) cannot be used: flows that started before this change keep their old "
             f"translation until their conntrack entries expire; to have them deleted, {install_hint('conntrack')}")
         return
-    keys = sorted(keys, key=key_order)
-    entries = [{"protocol": protocol, "port": port, "destination": destination, "deleted": None}
+    keys = sorted({*keys, *cut}, key=key_order)
+    entries = [{"protocol": protocol, "port": port, "destination": destination, "deleted": None,
+                **({"kept_sources": list(cut[(protocol, port, destination)])} if (protocol, port, destination) in cut else {})}
                for protocol, port, destination in keys]
     plan.conntrack.extend(entries)
-    plan.add(f"delete the conntrack entries of {_describe_keys(keys)} in one pass over the conntrack table ({method}), "
-             "so that flows older than the change meet the new rules", partial(_delete_flows, conntrack, keys, entries))
+    what = _describe_keys(keys) + (" (from the sources no longer allowed)" if cut else "")
+    plan.add(f"delete the conntrack entries of {what} in one pass over the conntrack table ({method}), "
+             "so that flows older than the change meet the new rules", partial(_delete_flows, conntrack, keys, entries, cut))
 
 
 class IptablesRuleset:
@@ -668,8 +895,12 @@ class IptablesRuleset:
         return marks_of(state)
 
     @staticmethod
-    def render(kept, mappings, mark_ip_forward):
-        return render_rules(kept, mappings, mark_ip_forward)
+    def networks(state):
+        return networks_of_rules(state)
+
+    @staticmethod
+    def render(kept, mappings, mark_ip_forward, networks=Networks()):
+        return render_rules(kept, mappings, mark_ip_forward, networks)
 
     def forward_policy(self):
         return self.dump.policies.get("filter", {}).get("FORWARD")
@@ -714,7 +945,7 @@ class IptablesRuleset:
                      {(*self.root, key): value for key, value in skeleton.items()})
 
     def plan_commit(self, plan, desired):
-        script, counts = restore_script(self.current, desired)
+        script, counts = restore_script(self.current, desired, ORDERED_CHAINS)
         if script:
             summary = ", ".join(f"{table} +{added} -{deleted}" for table, (added, deleted) in sorted(counts.items()))
             plan.add(
@@ -766,7 +997,12 @@ def plan_dnat(active, spec, ip_forward, conntrack=None, systemd=None, others=())
     declared = declared_mappings(spec)
     had_mark = any(ruleset.forward_marker(ruleset.current) for ruleset in rulesets)
     wants_forward = spec.ip_forward and spec.state == "present" and ip_forward != 1
-    desired = active.render(kept, moved + declared, (had_mark or wants_forward) and bool(kept or moved or declared))
+    current_networks = Networks()
+    for ruleset in rulesets:
+        current_networks = current_networks.union(ruleset.networks(ruleset.current))
+    networks = resolve_networks(spec, current_networks)
+    desired = active.render(kept, moved + declared, (had_mark or wants_forward) and bool(kept or moved or declared),
+                            networks)
     desired_by_name = active.by_name(desired)
     has_mappings = any(name is not None for name in desired_by_name)
     marks = active.marks(desired)
@@ -781,12 +1017,14 @@ def plan_dnat(active, spec, ip_forward, conntrack=None, systemd=None, others=())
     for ruleset, by_name in zip(rulesets, current_by):
         view.update(ruleset.view(ruleset.current, by_name))
     view["ip_forward"] = ip_forward
+    view["networks"] = current_networks.view()
     plan = DnatPlan(view)
     plan.warnings.extend(warnings)
     described = {mapping.name: mapping.summary() for mapping in spec.mappings}
     set_up = {mapping.name: (mapping, setup) for mapping, setup in moved + declared}
-    plan.published = published_mappings(active, desired_by_name, known=set_up)
-    touched_flows = set()
+    plan.published = {**published_mappings(active, desired_by_name, known=set_up),
+                      "guarded_networks": list(networks.guarded), "routed_networks": list(networks.routed)}
+    touched_flows, cut_flows = set(), {}
     for name in sorted(name for name in set(current_items) | set(desired_by_name) if name is not None):
         before, after = current_items.get(name), desired_by_name.get(name)
         source = rulesets[origin[name]] if name in origin else active
@@ -794,29 +1032,32 @@ def plan_dnat(active, spec, ip_forward, conntrack=None, systemd=None, others=())
         if before is not None and after is not None and source is not active:
             # The same translation in the other backend: its flows stay as they are.
             if source.parse(name, before) != set_up.get(name):
-                touched_flows |= source.flow_keys(before) | active.flow_keys(after)
+                _flows_to_delete(touched_flows, cut_flows, source, active, name, before, after, set_up)
             plan.add(f"move mapping {name} to {active.title}{detail}", None, {("mappings", name): after})
             continue
         if before == after:
             continue
-        touched_flows |= (source.flow_keys(before) if before else set()) | (active.flow_keys(after) if after else set())
+        _flows_to_delete(touched_flows, cut_flows, source, active, name, before, after, set_up)
         if after is None:
             plan.add(f"remove mapping {name}", None, {("mappings", name): REMOVE})
             continue
         if before is None:
             verb = "add"
-        elif set(before) < set(after):
+        elif set(before) < set(after) and not _gains_a_list(source.parse(name, before), set_up.get(name)):
             verb = f"restore missing {active.noun} of"
         else:
             verb = "update"
         plan.add(f"{verb} mapping {name}{detail}", None, {("mappings", name): after})
+    if networks != current_networks:
+        plan.add(_describe_networks(current_networks, networks), None, {("networks",): networks.view()})
     for ruleset, by_name, wanted in zip(rulesets, current_by, desired_all):
         ruleset.plan_stray(plan, by_name)
         ruleset.plan_skeleton(plan, wanted)
     for ruleset, wanted in zip(rulesets, desired_all):
         ruleset.plan_commit(plan, wanted)
     if spec.flush_conntrack:
-        _plan_conntrack(plan, conntrack, touched_flows)
+        _plan_conntrack(plan, conntrack, touched_flows, {key: kept for key, kept in cut_flows.items()
+                                                         if key not in touched_flows})
     if turn_forward_on:
         plan.add(f"set net.ipv4.ip_forward = 1 (was {ip_forward})", partial(write_ip_forward, 1), {("ip_forward",): 1})
     elif restore_forward:
@@ -911,7 +1152,7 @@ def iptables_boot_part(variant, path, desired):
     pre = [f"ExecStartPre=-iptables-{variant} -t {table} -D{line[2:]}"
            for table, jumps in sorted(desired.jumps.items()) for line in jumps.values()]
     service = IPTABLES_SERVICE.format(pre="\n".join(pre), variant=variant, wait=XTABLES_LOCK_WAIT, rules=path)
-    return BootPart(label=f"iptables-{variant}", path=path, content=restore_script(OwnedRules(), desired)[0],
+    return BootPart(label=f"iptables-{variant}", path=path, content=restore_script(OwnedRules(), desired, ORDERED_CHAINS)[0],
                     service=service, after=FLUSHING_FIREWALLS[variant], part_of=FLUSHING_FIREWALLS[variant])
 
 
@@ -954,7 +1195,7 @@ def commit_with_rollback(backend, before, script):
         backend.commit(script)
     except Exception as failure:
         now = owned_rules(backend.read(), OWNED_CHAINS)
-        undo, dummy = restore_script(now, before)
+        undo, dummy = restore_script(now, before, ORDERED_CHAINS)
         if undo:
             backend.commit(undo)
         raise RolledBack(f"{failure}; the rules this collection owns were restored to their state before the run") from failure

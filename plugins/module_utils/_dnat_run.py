@@ -15,6 +15,7 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     connmark_from_params,
     hairpin_sources_from_params,
     mappings_from_params,
+    networks_from_params,
     plan_dnat,
     read_ip_forward,
 )
@@ -30,6 +31,7 @@ MAPPING_OPTIONS = dict(
     destination=dict(type="str"),
     in_interface=dict(type="str"),
     local=dict(type="bool"),
+    allowed_sources=dict(type="list", elements="str"),
 )
 ARGUMENT_SPEC = dict(
     MAPPING_OPTIONS,
@@ -42,6 +44,8 @@ ARGUMENT_SPEC = dict(
     accept_forward=dict(type="bool", default=True),
     hairpin=dict(type="bool", default=True),
     hairpin_sources=dict(type="list", elements="str", default=[]),
+    guarded_networks=dict(type="list", elements="str", default=[]),
+    routed_networks=dict(type="list", elements="str", default=[]),
     flush_conntrack=dict(type="bool", default=True),
     connmark=dict(type="int", default=0x1000000),
     persistent=dict(type="bool", default=True),
@@ -71,6 +75,7 @@ def plan_run(module, params):
         flush_conntrack=params["flush_conntrack"],
         connmark=connmark_from_params(params["connmark"]),
         persistent=params["persistent"],
+        networks=networks_from_params(params["guarded_networks"], params["routed_networks"]),
     )
     backends = open_backends(module, params["backend"], params["iptables"], params["forward_drop_check"])
     plan = plan_dnat(backends.active, spec, read_ip_forward(), conntrack=ConntrackTable(module),

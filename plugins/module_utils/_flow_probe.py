@@ -44,7 +44,7 @@ def interfaces_toward(run_command, ip, checks):
 
 def _send(prober, check):
     """The check's result; a repeated one's is its last attempt's, with how many of them answered."""
-    if check.protocol not in REPEATED:
+    if check.protocol not in REPEATED or prober.denied_source(check) is not None:
         return prober.run(check)
     attempts = [prober.attempt(check) for _repeat in range(2)]
     result = result_of(check, attempts[-1], attempts=len(attempts))

@@ -28,6 +28,13 @@ VARIANTS = ("nft", "legacy")
 _COMMENT = re.compile(r'-m comment --comment (?:"([^"]*)"|(\S+))')
 
 
+def is_shared_comment(comment):
+    """Whether a rule with this comment is one that no mapping owns: what the mappings share (OWNER_COMMENT), and
+    the collection's records and rules of its own ("netns.expose/...": the ip_forward marker, the namespace
+    networks' rules, the router's drop). Such rules do not keep an order among themselves by their comment."""
+    return comment == OWNER_COMMENT or (comment or "").startswith(f"{OWNER_COMMENT}/")
+
+
 def rule_comment(line):
     match = _COMMENT.search(line)
     return None if match is None else (match.group(1) if match.group(1) is not None else match.group(2))
@@ -129,13 +136,16 @@ def _groups(lines):
     return groups
 
 
-def chain_changes(have, want):
+def chain_changes(have, want, ordered=False):
     """(lines to delete, lines to append) that turn the rules `have` of a chain into `want`.
 
     The rules that share a comment (a mapping's) keep their order: a CONNMARK before its DNAT.
     If deleting what is surplus and appending what is missing would not give them in the
-    wanted order, all of them are deleted and appended again. The rules with the comment
-    OWNER_COMMENT do not depend on each other's order. Other rules are not touched.
+    wanted order, all of them are deleted and appended again. The shared rules (is_shared_comment)
+    do not depend on each other's order by their comment. Other rules are not touched.
+    In an `ordered` chain every rule depends on the order: the missing rules are inserted at their
+    place (see _in_place), or, when what stays is not in the wanted order, the whole chain is
+    deleted and appended again.
     """
     delete, append = [], []
     have_groups, want_groups = _groups(have), _groups(want)
@@ -155,11 +165,46 @@ def chain_changes(have, want):
             if missing[line]:
                 missing[line] -= 1
                 added.append(line)
-        if comment != OWNER_COMMENT and kept + added != new:
+        if not is_shared_comment(comment) and kept + added != new:
             delete.extend(kept)
             added = list(new)
         append.extend(added)
+    if ordered:
+        return delete, _in_place(have, want, delete, append)
     return delete, append
+
+
+def _in_place(have, want, delete, append):
+    """The `append` of an ordered chain as inserts at the wanted positions ("-I <chain> <n> ..."), when what
+    stays of `have` after `delete` is in the order of `want`; else every rule of `have` is deleted too."""
+    deleted = Counter(delete)
+    left = []
+    for line in have:
+        if deleted[line]:
+            deleted[line] -= 1
+        else:
+            left.append(line)
+    if not left or left + append == list(want):
+        return append if left else list(want)
+    missing, inserts, position = Counter(append), [], 0
+    for index, line in enumerate(want):
+        if position < len(left) and left[position] == line:
+            position += 1
+        elif missing[line]:
+            missing[line] -= 1
+            chain = chain_of(line)
+            inserts.append(f"-I {chain} {index + 1}{line[len(f'-A {chain}'):]}")
+        else:
+            break
+    if position == len(left) and not +missing:
+        return inserts
+    delete[:] = list(have)
+    return list(want)
+
+
+def chain_of(line):
+    """The chain of a rule line ("-A <chain> ...")."""
+    return line.split(maxsplit=2)[1]
 
 
 # Jumps are inserted first in these built-in chains: an ACCEPT for a mapped flow
@@ -168,12 +213,12 @@ def chain_changes(have, want):
 INSERT_FIRST = {("filter", "FORWARD"), ("nat", "POSTROUTING")}
 
 
-def restore_script(current, desired):
+def restore_script(current, desired, ordered=frozenset()):
     """The iptables-restore --noflush input that turns `current` into `desired`.
 
     Only owned chains and jumps appear in it. Rules are deleted and appended one by
     one (not rewritten), so untouched rules keep their place and counters; the rules
-    of one mapping keep their order (see chain_changes).
+    of one mapping keep their order (see chain_changes), and the chains named in `ordered` keep theirs.
     Returns (script, counts) where counts is table -> (added, deleted); the script
     is empty when nothing differs.
     """
@@ -192,7 +237,7 @@ def restore_script(current, desired):
                 lines.append(f":{chain} - [0:0]")
         appends = []
         for chain, rules in want.items():
-            to_delete, to_append = chain_changes(have.get(chain, []), rules)
+            to_delete, to_append = chain_changes(have.get(chain, []), rules, chain in ordered)
             lines.extend("-D" + line[2:] for line in to_delete)
             deleted += len(to_delete)
             appends.extend(to_append)

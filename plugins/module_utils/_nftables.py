@@ -46,6 +46,7 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     BootPart,
     IptablesRuleset,
     Mapping,
+    Networks,
     Setup,
 )
 from ansible_collections.netns.expose.plugins.module_utils._iptables import (
@@ -56,7 +57,7 @@ from ansible_collections.netns.expose.plugins.module_utils._iptables import (
 )
 from ansible_collections.netns.expose.plugins.module_utils._packages import install_hint
 from ansible_collections.netns.expose.plugins.module_utils._plan import REMOVE
-from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
+from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput, check_allowed_sources
 
 FAMILY = "ip"
 TABLE = "netns_expose"
@@ -66,6 +67,10 @@ TABLE_COMMENT = "netns.expose"
 # mapping). Not the table's comment: nft's JSON does not show a table's comment (1.0.6).
 MARKER_SET = "ip_forward_was_0"
 MARKER_DECLARATION = f"set {MARKER_SET}: type inet_proto"
+# The subnets of the collection's namespaces (see _dnat.network_rules): interval sets of the table's own.
+GUARDED_SET, ROUTED_SET = "guarded", "routed"
+NETWORK_SETS = (GUARDED_SET, ROUTED_SET)
+NETWORK_DECLARATION = "set {name}: type ipv4_addr; flags interval"
 RULE_COMMENT_PREFIX = "netns.expose "
 COMMENT_MAX = 128  # characters of an nftables comment
 LOCAL_GUARD = "fib daddr type local ip daddr != 127.0.0.0/8"
@@ -83,8 +88,13 @@ PREROUTING_KINDS = ("iif_dst", "src_dst", "dst", "iif_local", "src_local", "loca
 OUTPUT_KINDS = ("dst", "local")
 HAIRPIN_PARTS = {"hairpin": (SADDR, DADDR, ("meta l4proto", "inet_proto"), ("th dport", "inet_service")),
                  "hairpin_icmp": (SADDR, DADDR, ("meta l4proto", "inet_proto"))}
-ROLES = ("dnat", "output", "mark", "hairpin")
-_SET_NAME = re.compile(r"^(dnat|mark|output)_(tcp|udp|icmp)_(iif_dst|src_dst|dst|iif_local|src_local|local)(?:_(0x[0-9a-f]+))?$")
+# sources (sources_output): the verdict maps of the mappings with allowed_sources, keyed as their dnat (output) map,
+# whose element jumps to the mapping's chain `src.<mapping>`; that chain drops a source not in the mapping's set
+# `src.<mapping>` ("allowed"). Two lookups for a new flow to such a mapping, whatever the number of mappings and sources.
+ROLES = ("dnat", "output", "mark", "hairpin", "sources", "sources_output", "allowed")
+ALLOWED_PREFIX = "src."
+_SET_NAME = re.compile(r"^(dnat|mark|output|sources|sources_output)_(tcp|udp|icmp)_"
+                       r"(iif_dst|src_dst|dst|iif_local|src_local|local)(?:_(0x[0-9a-f]+))?$")
 _ITEM = re.compile(r"^(\S+) \{ (.*?)(?: : (.*))? \}$")
 # chain -> (its declaration in the file, how the view shows it)
 CHAINS = {
@@ -120,7 +130,7 @@ class SetKind:
     """What a map or set of the table is, read from its name."""
 
     name: str
-    role: str  # dnat, output, mark or hairpin
+    role: str  # one of ROLES
     protocol: str | None = None
     kind: str | None = None
     mark: int | None = None
@@ -130,6 +140,8 @@ class SetKind:
         """(expression, type) of each part of the key."""
         if self.role == "hairpin":
             return HAIRPIN_PARTS[self.name]
+        if self.role == "allowed":
+            return (SADDR,)
         return (*KIND_PARTS[self.kind], PORT_PART[self.protocol])
 
     @property
@@ -138,24 +150,31 @@ class SetKind:
 
     @property
     def is_map(self):
+        return self.role in ("dnat", "output", "sources", "sources_output")
+
+    @property
+    def counted(self):
+        """Whether its elements have counters: the DNAT maps' count the flows each mapping translated."""
         return self.role in ("dnat", "output")
 
     @property
     def interval(self):
-        return self.kind is not None and self.kind.startswith("src")
+        return self.role == "allowed" or (self.kind is not None and self.kind.startswith("src"))
 
     @property
     def value_type(self):
+        if self.role.startswith("sources"):
+            return "verdict"
         return "ipv4_addr" if self.protocol == "icmp" else "ipv4_addr . inet_service"
 
     def declaration(self):
         """How the view shows it (and compares it with what the host has)."""
         return _declaration("map" if self.is_map else "set", self.name, " . ".join(kind for _e, kind in self.parts),
-                            self.value_type if self.is_map else None, ["interval"] if self.interval else [], self.is_map)
+                            self.value_type if self.is_map else None, ["interval"] if self.interval else [], self.counted)
 
     def order(self):
-        return (ROLES.index(self.role), self.name if self.role == "hairpin" else "", PROTOCOLS.index(self.protocol or "tcp"),
-                PREROUTING_KINDS.index(self.kind) if self.kind else 0, self.mark or 0)
+        return (ROLES.index(self.role), self.name if self.role in ("hairpin", "allowed") else "",
+                PROTOCOLS.index(self.protocol or "tcp"), PREROUTING_KINDS.index(self.kind) if self.kind else 0, self.mark or 0)
 
 
 def _declaration(keyword, name, key_type, value_type, flags, counter):
@@ -175,11 +194,13 @@ def parse_set_name(name):
     """The SetKind of a name this module makes, or None."""
     if name in HAIRPIN_PARTS:
         return SetKind(name, "hairpin")
+    if name.startswith(ALLOWED_PREFIX) and len(name) > len(ALLOWED_PREFIX):
+        return SetKind(name, "allowed")
     found = _SET_NAME.match(name)
     if found is None:
         return None
     role, protocol, kind, mark_text = found.groups()
-    if role == "output" and kind not in OUTPUT_KINDS:
+    if role in ("output", "sources_output") and kind not in OUTPUT_KINDS:
         return None
     mark = None
     if role == "mark":
@@ -224,18 +245,29 @@ def mapping_elements(mapping, setup):
     interface = [f'"{mapping.in_interface}"'] if mapping.in_interface else []
     kind = ("iif_" if mapping.in_interface else "") + where
     key = " . ".join([*interface, *destination, port])
+    checked = mapping.allowed_sources is not None
+    verdict = f"jump {ALLOWED_PREFIX}{mapping.name}"
     elements = [(set_name("dnat", protocol, kind), key, value)]
     if setup.mark:
         elements.append((set_name("mark", protocol, kind, setup.mark), key, None))
+    if checked:
+        elements.append((set_name("sources", protocol, kind), key, verdict))
     if setup.hairpin:
         for source in setup.sources:
             source_key = " . ".join([_network_text(source), *destination, port])
             elements.append((set_name("dnat", protocol, "src_" + where), source_key, value))
             if setup.mark:
                 elements.append((set_name("mark", protocol, "src_" + where, setup.mark), source_key, None))
+            if checked:
+                elements.append((set_name("sources", protocol, "src_" + where), source_key, verdict))
         elements.append(_hairpin_element(protocol, mapping.to_address, mapping.to_port))
     if mapping.local:
-        elements.append((set_name("output", protocol, where), " . ".join([*destination, port]), value))
+        output_key = " . ".join([*destination, port])
+        elements.append((set_name("output", protocol, where), output_key, value))
+        if checked:
+            elements.append((set_name("sources_output", protocol, where), output_key, verdict))
+    if checked:
+        elements += [(f"{ALLOWED_PREFIX}{mapping.name}", _network_text(network), None) for network in mapping.allowed_sources]
     return elements
 
 
@@ -258,7 +290,8 @@ class NftState:
     """The owned table as read (or as it should be): None of it when `exists` is false.
 
     elements: set -> [(key, value or None, owner mapping or None)]; rules: chain -> [comment];
-    texts: rule comment -> rule text (what this module would write); counters: (set, key) -> (packets, bytes).
+    texts: rule comment -> rule text (what this module would write); counters: (set, key) -> (packets, bytes);
+    denied: chain src.<mapping> -> (packets, bytes) its drop counted (the clients not in allowed_sources).
     """
 
     exists: bool = False
@@ -268,6 +301,7 @@ class NftState:
     rules: dict = field(default_factory=dict)
     texts: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
+    denied: dict = field(default_factory=dict)
 
     def signature(self):
         return (self.exists, self.chains, self.sets,
@@ -285,6 +319,8 @@ PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp"}
 
 def _component_text(raw, kind):
     if isinstance(raw, dict):
+        if "jump" in raw:
+            return f"jump {raw['jump']['target']}"
         if "prefix" in raw:
             return f"{raw['prefix']['addr']}/{raw['prefix']['len']}"
         if "range" in raw:
@@ -346,8 +382,14 @@ def state_from_json(document):
             obj = entry["rule"]
             comment = obj.get("comment") or f"(handle {obj.get('handle')}, not made by netns.expose)"
             state.rules.setdefault(obj["chain"], []).append(comment)
+            if obj["chain"].startswith(ALLOWED_PREFIX):
+                for expression in obj.get("expr", []):
+                    if isinstance(expression.get("counter"), dict):
+                        state.denied[obj["chain"]] = (expression["counter"].get("packets", 0),
+                                                      expression["counter"].get("bytes", 0))
     # What this module would have written for these maps and sets: the texts of the rules it recognizes.
-    state.texts = _chain_rules({name: kind for name in state.sets if (kind := parse_set_name(name))})[1]
+    state.texts = _chain_rules({name: kind for name in state.sets if (kind := parse_set_name(name))},
+                               {name for name in NETWORK_SETS if name in state.sets}, MARKER_SET in state.sets)[1]
     return state
 
 
@@ -355,8 +397,9 @@ def _rule_comment(chain, text):
     return RULE_COMMENT_PREFIX + hashlib.sha256(f"{chain}: {text}".encode()).hexdigest()[:8]
 
 
-def _chain_rules(kinds):
-    """(chain -> [rule texts], comment -> text) for the maps and sets `kinds` ({name: SetKind})."""
+def _chain_rules(kinds, network_sets=(), marker=False):
+    """(chain -> [rule texts], comment -> text) for the maps and sets `kinds` ({name: SetKind}), the sets of
+    namespace networks `network_sets` that the table has, and the ip_forward marker (the router drop)."""
     present = {(kind.role, kind.protocol, kind.kind): name for name, kind in kinds.items() if kind.role != "mark"}
     marks = {}
     for name, kind in kinds.items():
@@ -368,16 +411,23 @@ def _chain_rules(kinds):
         for kind in PREROUTING_KINDS:
             chain = chains["prerouting_local" if kind.endswith("local") else "prerouting"]
             key = " . ".join(expression for expression, _t in (*KIND_PARTS[kind], PORT_PART[protocol]))
+            name = present.get(("sources", protocol, kind))
+            if name:
+                chain.append(f"{key} vmap @{name}")
             for mark, name in sorted(marks.get((protocol, kind), [])):
                 chain.append(f"{key} @{name} ct mark set ct mark | {mark:#010x}")
             name = present.get(("dnat", protocol, kind))
             if name:
                 chain.append(f"dnat ip {to} {key} map @{name}")
         for kind in OUTPUT_KINDS:
+            key = " . ".join(expression for expression, _t in (*KIND_PARTS[kind], PORT_PART[protocol]))
+            chain = chains["output_local" if kind == "local" else "output"]
+            name = present.get(("sources_output", protocol, kind))
+            if name:
+                chain.append(f"{key} vmap @{name}")
             name = present.get(("output", protocol, kind))
             if name:
-                key = " . ".join(expression for expression, _t in (*KIND_PARTS[kind], PORT_PART[protocol]))
-                chains["output_local" if kind == "local" else "output"].append(f"dnat ip {to} {key} map @{name}")
+                chain.append(f"dnat ip {to} {key} map @{name}")
     for parent in ("prerouting", "output"):
         if chains[f"{parent}_local"]:
             chains[parent].append(f"{LOCAL_GUARD} jump {parent}_local")
@@ -386,9 +436,33 @@ def _chain_rules(kinds):
             chains["postrouting"].append(f"ct status dnat {kinds[name].key_expression} @{name} masquerade")
     for mark in sorted({mark for pairs in marks.values() for mark, _name in pairs}):
         chains["forward"].append(f"ct mark & {mark:#010x} == {mark:#010x} ct status dnat counter accept")
+    chains["forward"] += _forward_network_rules(network_sets, marker and bool(kinds))
+    for name, kind in kinds.items():
+        if kind.role == "allowed":
+            # A denied client gets nothing: no reset, no ICMP error; the counter is the mapping's count of them.
+            chains[name] = [f"ip saddr != @{name} counter drop"]
     chains = {name: rules for name, rules in chains.items() if rules}
     texts = {_rule_comment(chain, text): text for chain, rules in chains.items() for text in rules}
     return chains, texts
+
+
+def _forward_network_rules(network_sets, router):
+    """The forward rules of the namespace networks and, with `router`, the router drop: as _dnat.network_rules
+    and _dnat.router_rules for the iptables backend. A drop in any base chain is final in nftables, so every drop
+    here matches only what the collection owns (a guarded network), or is made only on a host whose forwarding
+    the collection turned on (router)."""
+    rules = []
+    if ROUTED_SET in network_sets:
+        rules += [f"ip daddr @{ROUTED_SET} accept", f"ip saddr @{ROUTED_SET} accept"]
+    if GUARDED_SET in network_sets:
+        rules += [f"ip daddr @{GUARDED_SET} ct status dnat accept",
+                  f"ip daddr @{GUARDED_SET} ct direction reply accept",
+                  f"ip daddr @{GUARDED_SET} counter drop"]
+    if router:
+        if GUARDED_SET in network_sets:
+            rules.append(f"ip saddr @{GUARDED_SET} accept")
+        rules += ["ct status dnat accept", "counter drop"]
+    return rules
 
 
 class _Taken:
@@ -414,8 +488,13 @@ class _Taken:
         return True
 
 
-def build_state(units, mark_ip_forward):
-    """The table that holds `units` ([(owner, [(set, key, value)])], in order of precedence).
+# The elements that go with a mapping's element of another map: dropped with it, when another mapping has its key.
+DEPENDS_ON = {"mark": "dnat", "sources": "dnat", "sources_output": "output"}
+
+
+def build_state(units, mark_ip_forward, networks=Networks()):
+    """The table that holds `units` ([(owner, [(set, key, value)])], in order of precedence), and the namespace
+    `networks`; the ip_forward marker (mark_ip_forward) only with a mapping.
 
     Two mappings may claim one key of a map (say the host's own connections to one port, for two mappings that
     differ only by in_interface), or overlapping hairpin sources: the first keeps it, as the first rule would in
@@ -427,25 +506,29 @@ def build_state(units, mark_ip_forward):
             kind = parse_set_name(set_name_)
             if kind is None:
                 continue
-            if kind.role == "mark" and (owner, kind.protocol, kind.kind, key) in dropped:
+            if DEPENDS_ON.get(kind.role) and (owner, DEPENDS_ON[kind.role], kind.protocol, kind.kind, key) in dropped:
                 continue
             if not taken.setdefault(set_name_, _Taken()).claims(kind, key):
-                if kind.role == "dnat":
-                    dropped.add((owner, kind.protocol, kind.kind, key))
+                if kind.role in ("dnat", "output"):
+                    dropped.add((owner, kind.role, kind.protocol, kind.kind, key))
                 continue
             elements.setdefault(set_name_, []).append((key, value, None if kind.role == "hairpin" else owner))
-    if not elements:
+    network_elements = {name: [(_network_text(network), None, None) for network in values]
+                        for name, values in ((GUARDED_SET, networks.guarded), (ROUTED_SET, networks.routed)) if values}
+    if not elements and not network_elements:
         return NftState()
     kinds = {name: parse_set_name(name) for name in sorted(elements, key=lambda name: parse_set_name(name).order())}
-    chains, texts = _chain_rules(kinds)
+    mark_ip_forward = mark_ip_forward and bool(kinds)
+    chains, texts = _chain_rules(kinds, set(network_elements), mark_ip_forward)
     sets = {name: kind.declaration() for name, kind in kinds.items()}
+    sets.update((name, NETWORK_DECLARATION.format(name=name)) for name in network_elements)
     if mark_ip_forward:
         sets[MARKER_SET] = MARKER_DECLARATION
     return NftState(
         exists=True,
-        chains={name: CHAIN_VIEWS[name] for name in chains},
+        chains={name: CHAIN_VIEWS.get(name, name) for name in chains},
         sets=sets,
-        elements={name: elements[name] for name in kinds},
+        elements={**{name: elements[name] for name in kinds}, **network_elements},
         rules={chain: [_rule_comment(chain, text) for text in rules] for chain, rules in chains.items()},
         texts=texts,
     )
@@ -456,10 +539,11 @@ def _role(name):
     return kind.role if kind else "hairpin"
 
 
-def table_text(state, counters=None):
+def table_text(state, counters=None, denied=None):
     """The input of `nft -f` that replaces the owned table with `state` (deletes it, if it does not exist).
 
-    counters: (set, key) -> (packets, bytes) to carry over (the table is replaced, its counters would start at 0).
+    counters: (set, key) -> (packets, bytes) and denied: chain -> (packets, bytes) to carry over (the table is
+    replaced, its counters would start at 0).
     """
     lines = [f"table {TABLE_NAME} {{}}", f"delete table {TABLE_NAME}"]
     if not state.exists:
@@ -468,34 +552,56 @@ def table_text(state, counters=None):
     lines += [f"table {TABLE_NAME} {{", f'\tcomment "{TABLE_COMMENT}"']
     if MARKER_SET in state.sets:
         lines.append(f'\tset {MARKER_SET} {{ type inet_proto; comment "netns.expose turned net.ipv4.ip_forward on"; }}')
-    for name, elements in state.elements.items():
+    # The sets of allowed sources and their chains first: the verdict maps jump to those chains.
+    allowed = [name for name in state.elements if name.startswith(ALLOWED_PREFIX)]
+    ordered = [*allowed, *(name for name in state.elements if name not in allowed)]
+    for name in ordered:
+        elements = state.elements[name]
+        if name in NETWORK_SETS:
+            lines += [f"\tset {name} {{", "\t\ttype ipv4_addr", "\t\tflags interval",
+                      "\t\telements = { " + ", ".join(key for key, _value, _owner in elements) + " }", "\t}"]
+            continue
         kind = parse_set_name(name)
         lines.append(f"\t{'map' if kind.is_map else 'set'} {name} {{")
         lines.append(f"\t\ttype {' . '.join(kind_ for _e, kind_ in kind.parts)}"
                      + (f" : {kind.value_type}" if kind.is_map else ""))
         if kind.interval:
             lines.append("\t\tflags interval")
-        if kind.is_map:
+        if kind.counted:
             lines.append("\t\tcounter")
         texts = []
         for key, value, owner in elements:
             text = key
             packets, octets = counters.get((name, key), (0, 0))
-            if kind.is_map and (packets or octets):
+            if kind.counted and (packets or octets):
                 text += f" counter packets {packets} bytes {octets}"
             if owner:
                 text += f' comment "{MAPPING_PREFIX}{owner}"'
             texts.append(text + (f" : {value}" if value is not None else ""))
         lines.append("\t\telements = { " + ",\n\t\t\t     ".join(texts) + " }")
         lines.append("\t}")
-    for chain, comments in state.rules.items():
-        lines.append(f"\tchain {chain} {{")
-        if CHAINS[chain]:
-            lines.append(f"\t\t{CHAINS[chain]}")
-        lines += [f'\t\t{state.texts[comment]} comment "{comment}"' for comment in comments]
-        lines.append("\t}")
+        if name in allowed and name in state.rules:
+            lines += _chain_text(state, name, (denied or {}).get(name))
+    for chain in state.rules:
+        if chain not in allowed:
+            lines += _chain_text(state, chain)
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _chain_order(chain):
+    """The base chains and their own chains in the order of CHAINS, then the others by name."""
+    return (0, list(CHAINS).index(chain), "") if chain in CHAINS else (1, 0, chain)
+
+
+def _chain_text(state, chain, counter=None):
+    """A chain of the table; `counter` (packets, bytes) is carried over into its counter."""
+    declaration = CHAINS.get(chain)
+    texts = [state.texts[comment] for comment in state.rules[chain]]
+    if counter and any(counter):
+        texts = [text.replace(" counter ", f" counter packets {counter[0]} bytes {counter[1]} ", 1) for text in texts]
+    return [f"\tchain {chain} {{", *([f"\t\t{declaration}"] if declaration else []),
+            *(f'\t\t{text} comment "{comment}"' for text, comment in zip(texts, state.rules[chain])), "\t}"]
 
 
 def by_name(state):
@@ -504,7 +610,13 @@ def by_name(state):
     has it (mappings with one target share it)."""
     found = {}
     hairpin = {}
-    for name, elements in state.elements.items():
+    # The sets of allowed sources and their chains first: the verdict maps jump to those chains.
+    allowed = [name for name in state.elements if name.startswith(ALLOWED_PREFIX)]
+    ordered = [*allowed, *(name for name in state.elements if name not in allowed)]
+    for name in ordered:
+        elements = state.elements[name]
+        if name in NETWORK_SETS:
+            continue  # the run's, not a mapping's: see networks_of_state
         kind = parse_set_name(name)
         for key, value, owner in elements:
             if kind is not None and kind.role == "hairpin":
@@ -528,19 +640,27 @@ def by_name(state):
     return {owner: sorted(items) for owner, items in found.items()}
 
 
+def networks_of_state(state):
+    """The Networks of the table's sets `guarded` and `routed`."""
+    return Networks(*(tuple(sorted(str(ipaddress.IPv4Network(key)) for key, _value, _owner in state.elements.get(name, [])))
+                      for name in NETWORK_SETS))
+
+
 def mapping_of_elements(name, items):
     """(Mapping, Setup) that the elements of one mapping make, or None without its DNAT element: what moves a
     mapping of the nftables backend to the other one."""
     main = None
     marks = {}
-    sources = []
+    sources, allowed = [], None
     local = hairpin = False
     for text in items:
         set_name_, key, value = parse_item(text)
         kind = parse_set_name(set_name_)
-        if kind is None:
+        if kind is None or kind.role in ("sources", "sources_output"):
             continue
-        if kind.role == "hairpin":
+        if kind.role == "allowed":
+            allowed = [*(allowed or []), str(ipaddress.IPv4Network(key))]
+        elif kind.role == "hairpin":
             hairpin = True
         elif kind.role == "output":
             local = True
@@ -559,7 +679,7 @@ def mapping_of_elements(name, items):
                       port=None if kind.protocol == "icmp" else int(parts[PORT_PART[kind.protocol][0]]),
                       to_address=to_address, to_port=int(to_port) if to_port else None,
                       destination=parts.get("ip daddr"), in_interface=parts["iifname"].strip('"') if "iifname" in parts else None,
-                      local=local)
+                      local=local, allowed_sources=None if allowed is None else check_allowed_sources("", allowed))
     return mapping, Setup(marks.get((kind.protocol, kind.kind, key)), hairpin or bool(sources), tuple(sources)).of(mapping)
 
 
@@ -686,8 +806,10 @@ class NftRuleset:
     def marks(state):
         return {kind.mark for name in state.sets if (kind := parse_set_name(name)) and kind.role == "mark"}
 
+    networks = staticmethod(networks_of_state)
+
     @staticmethod
-    def render(kept, mappings, mark_ip_forward):
+    def render(kept, mappings, mark_ip_forward, networks=Networks()):
         for mapping, _setup in mappings:
             if len(MAPPING_PREFIX + mapping.name) > COMMENT_MAX:
                 raise InvalidInput("name", f"{mapping.name!r} is {len(mapping.name)} characters long: the nftables backend "
@@ -696,7 +818,7 @@ class NftRuleset:
                                            "name, or backend iptables")
         units = [(name, [parse_item(text) for text in items]) for name, items in kept.items()]
         units += [(mapping.name, mapping_elements(mapping, setup)) for mapping, setup in mappings]
-        return build_state(units, mark_ip_forward)
+        return build_state(units, mark_ip_forward, networks)
 
     @staticmethod
     def render_other(marks):
@@ -744,8 +866,9 @@ class NftRuleset:
         return {
             "chains": sorted(state.chains.values()),
             "sets": sorted(state.sets.values()),
-            "rules": [f"{chain}: {state.texts.get(comment, comment)}" for chain, comments in state.rules.items()
-                      for comment in comments],
+            # In one order whatever the order of the chains in the table (nft lists them in the order made).
+            "rules": [f"{chain}: {state.texts.get(comment, comment)}" for chain in sorted(state.rules, key=_chain_order)
+                      for comment in state.rules[chain]],
             "stray_elements": stray,
         }
 
@@ -771,7 +894,7 @@ class NftRuleset:
                     f"maps and sets, {sum(len(rules) for rules in desired.rules.values())} rules)")
         else:
             what = f"delete table {TABLE_NAME} in one nft -f transaction"
-        plan.add(what, partial(self.backend.commit, table_text(desired, self.current.counters)))
+        plan.add(what, partial(self.backend.commit, table_text(desired, self.current.counters, self.current.denied)))
 
     @staticmethod
     def boot_part(desired):
@@ -787,13 +910,15 @@ class NftRuleset:
         found = {}
         for (name, key), (packets, octets) in self.current.counters.items():
             kind = parse_set_name(name)
-            if kind is None or not kind.is_map:
+            if kind is None or not kind.counted:
                 continue
             for element_key, _value, owner in self.current.elements.get(name, []):
                 if element_key == key and owner:
                     total = found.setdefault(owner, {"packets": 0, "bytes": 0})
                     total["packets"] += packets
                     total["bytes"] += octets
+        for chain, (packets, _octets) in self.current.denied.items():
+            found.setdefault(chain[len(ALLOWED_PREFIX):], {"packets": 0, "bytes": 0})["denied"] = packets
         return dict(sorted(found.items()))
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from ansible_collections.netns.expose.plugins.module_utils._validation import (
     InvalidInput,
+    address_in,
+    check_allowed_sources,
     check_integer,
     check_port,
     check_protocol,
@@ -36,7 +38,8 @@ from ansible_collections.netns.expose.plugins.module_utils._validation import (
 CHECK_TYPES = ("http", "tcp", "udp", "icmp")
 CHECK_PROTOCOL = {"http": "tcp", "tcp": "tcp", "udp": "udp", "icmp": "icmp"}  # what each check type runs over
 DEFAULT_CHECK = {"tcp": "http", "udp": "udp", "icmp": "icmp"}  # the check type of a protocol without `check`
-CHECK_FIELDS = ("target", "address", "protocol", "check", "port", "path", "expect", "probe", "status", "source_port")
+CHECK_FIELDS = ("target", "address", "protocol", "check", "port", "path", "expect", "probe", "status", "source_port",
+                "allowed_sources")
 # Which check types take a field at all; the others refuse it rather than ignore it.
 FIELD_CHECKS = {
     "port": ("http", "tcp", "udp"),
@@ -70,6 +73,8 @@ class Check:
     status: int = 200
     check: str | None = None  # the check type; None takes the protocol's default (DEFAULT_CHECK)
     source_port: int | None = None  # the port the check's packets come from (icmp: the echo's identifier); None: any
+    # The mapping's allowed_sources (None: every client): from a source outside them, the check expects nothing back.
+    allowed_sources: tuple | None = None
 
     def source_address(self):
         """What to bind the check's socket to: the source port on any address, or None."""
@@ -178,12 +183,20 @@ def parse_check(index, item):
         probe=_text(f"{prefix}.probe", given["probe"]) if "probe" in given else None,
         status=check_integer(f"{prefix}.status", given["status"], 100, 599) if "status" in given else 200,
         source_port=check_port(f"{prefix}.source_port", given["source_port"]) if "source_port" in given else None,
+        allowed_sources=check_allowed_sources(f"{prefix}.allowed_sources", given["allowed_sources"]) if "allowed_sources" in given else None,
     )
     if check.expect == "":
         raise InvalidInput(f"{prefix}.expect", "must not be empty (it would match anything)")
     if check.check == "tcp" and check.probe == "":
         raise InvalidInput(f"{prefix}.probe", "must not be empty (leave it out to only read what the service says first)")
     return check
+
+
+def source_towards(address):
+    """The address this host's packets to `address` come from (the route's preferred source); sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((address, 9))
+        return sock.getsockname()[0]
 
 
 def parse_checks(checks, timeout, retries):
@@ -419,11 +432,12 @@ def icmp_attempt(check, timeout, new_socket=socket.socket):
 class Prober:
     """Runs checks with retries; new_socket makes the sockets of icmp checks (socket.socket)."""
 
-    def __init__(self, timeout, retries, sleep=time.sleep, new_socket=socket.socket):
+    def __init__(self, timeout, retries, sleep=time.sleep, new_socket=socket.socket, source_of=source_towards):
         self.timeout = timeout
         self.retries = retries
         self.sleep = sleep
         self.new_socket = new_socket
+        self.source_of = source_of
 
     def attempt(self, check):
         if check.check == "http":
@@ -434,11 +448,22 @@ class Prober:
             return udp_attempt(check, self.timeout)
         return icmp_attempt(check, self.timeout, self.new_socket)
 
+    def denied_source(self, check):
+        """This host's source address toward the check's address when its allowed_sources leave it out, else None."""
+        if check.allowed_sources is None:
+            return None
+        source = self.source_of(check.address)
+        return None if address_in(source, check.allowed_sources) else source
+
     def run(self, check):
-        """The result of one check: its last attempt, after up to `retries` more while it fails."""
+        """The result of one check: its last attempt, after up to `retries` more while it fails; from a source
+        outside the check's allowed_sources, one attempt that must get nothing."""
         if check.skipped:
             return result_of(check, Attempt(False, "skipped: without probe and expect nothing tells what the service answers"),
                              attempts=0, skipped=True)
+        source = self.denied_source(check)
+        if source is not None:
+            return denied_result(check, source, self.attempt(check))
         attempts = 0
         while True:
             attempt = self.attempt(check)
@@ -470,6 +495,15 @@ def result_of(check, attempt, attempts, skipped=False):
     )
     result.update(attempt.extra or {})
     return result
+
+
+def denied_result(check, source, attempt):
+    """The result of a check from a source its allowed_sources leaves out: ok when nothing answered."""
+    why = f"source {source} is not in the allowed_sources of {check.target}"
+    if attempt.ok:
+        answered = Attempt(False, f"answered ({attempt.detail}), though {why}", attempt.latency_ms, attempt.extra)
+        return {**result_of(check, answered, 1), "denied": True}
+    return {**result_of(check, Attempt(True, f"denied as declared: {why} ({attempt.detail})"), 1), "denied": True}
 
 
 def failed(results):

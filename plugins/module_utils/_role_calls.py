@@ -31,12 +31,13 @@ def netns_veth_args(plan, state, persistent):
 
 def dnat_rule_args(plan, state, persistent, exclusive, backend):
     """The arguments of the role's dnat_rule call, or None where the role makes none."""
+    networks = {"guarded_networks": plan["guarded_networks"], "routed_networks": plan["routed_networks"]}
     if state == "absent":
-        return {"rules": plan["mappings"], "persistent": persistent, "backend": backend, "state": state} \
-            if plan["mappings"] else None
-    if not (plan["mappings"] or exclusive):
+        return {"rules": plan["mappings"], **networks, "persistent": persistent, "backend": backend, "state": state} \
+            if plan["mappings"] or plan["pairs"] else None
+    if not (plan["mappings"] or plan["pairs"] or exclusive):
         return None
-    return {"rules": plan["mappings"], "exclusive": exclusive, "hairpin_sources": plan["hairpin_sources"],
+    return {"rules": plan["mappings"], "exclusive": exclusive, "hairpin_sources": plan["hairpin_sources"], **networks,
             "persistent": persistent, "backend": backend, "state": state}
 
 

@@ -15,6 +15,8 @@ SERVICE_OPTIONS = {
     'host_address': {'type': 'str', 'required': True},
     'in_interface': {'type': 'str'},
     'host_ip': {'type': 'str'},
+    'routed': {'type': 'bool', 'default': False},
+    'allowed_sources': {'type': 'list', 'elements': 'str'},
     'demo': {'type': 'bool', 'default': False},
     'ports': {
         'type': 'list',
@@ -24,6 +26,7 @@ SERVICE_OPTIONS = {
             'protocol': {'type': 'str', 'choices': ['tcp', 'udp', 'icmp'], 'default': 'tcp'},
             'host_port': {'type': 'int'},
             'ns_port': {'type': 'int'},
+            'allowed_sources': {'type': 'list', 'elements': 'str'},
             'check': {'type': 'str', 'choices': ['http', 'tcp', 'udp', 'icmp']},
             'path': {'type': 'str'},
             'status': {'type': 'int'},

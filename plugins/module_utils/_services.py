@@ -28,7 +28,11 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
 from ansible_collections.netns.expose.plugins.module_utils._netns_veth import VethSpec, check_pairs_apart
 from ansible_collections.netns.expose.plugins.module_utils._probe import parse_check
 from ansible_collections.netns.expose.plugins.module_utils._role_spec import ROLE_VARIABLES, SERVICE_OPTIONS
-from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput, check_ifname
+from ansible_collections.netns.expose.plugins.module_utils._validation import (
+    InvalidInput,
+    check_allowed_sources,
+    check_ifname,
+)
 
 # Variables of the expose role that its argument specs do not list: what it sets, and what verify.yml and rollout.yml read.
 OTHER_ROLE_VARIABLES = ("expose_plan", "expose_verify_timeout", "expose_verify_retries", "expose_rollout_serial",
@@ -92,15 +96,23 @@ def check_fields(where, value, spec):
         if kind == "list":
             if not isinstance(given, list):
                 raise InvalidInput(field, f"must be a list, not {type(given).__name__}")
-            checked[key] = [check_fields(f"{field}[{index}]", item, option["options"]) for index, item in enumerate(given)]
+            if "options" in option:
+                checked[key] = [check_fields(f"{field}[{index}]", item, option["options"]) for index, item in enumerate(given)]
+            else:
+                checked[key] = [_typed(f"{field}[{index}]", item, option.get("elements", "str")) for index, item in enumerate(given)]
             continue
-        try:
-            checked[key] = TYPE_CHECKS[kind](given)
-        except TypeError:
-            raise InvalidInput(field, f"{given!r} is not {TYPE_NAMES[kind]}") from None
+        checked[key] = _typed(field, given, kind)
         if option.get("choices") and checked[key] not in option["choices"]:
             raise InvalidInput(field, f"{given!r} is not one of {', '.join(map(str, option['choices']))}")
     return checked
+
+
+def _typed(field, value, kind):
+    """value converted to the type `kind` (str, int, bool), as Ansible's argument specs convert it."""
+    try:
+        return TYPE_CHECKS[kind](value)
+    except TypeError:
+        raise InvalidInput(field, f"{value!r} is not {TYPE_NAMES[kind]}") from None
 
 
 def _renamed(names, call, *args, where=None):
@@ -125,6 +137,10 @@ class _Service:
         self.pair = {key: fields[key] for key in PAIR_FIELDS}
         self.spec = VethSpec.from_params({**self.pair, "state": "present"}, prefix=f"{self.where}.")
         self.ns_ip = str(self.spec.ns_address.ip)
+        self.routed = fields["routed"]
+        self.allowed_sources = None
+        if fields["allowed_sources"] is not None:
+            self.allowed_sources = list(check_allowed_sources(f"{self.where}.allowed_sources", fields["allowed_sources"]))
         self.in_interface = self.host_ip = None
         if state == "present":
             self._resolve_host_side(fields, defaults, facts)
@@ -160,15 +176,20 @@ class _Service:
         protocol = port["protocol"]
         name = f"{self.name}-icmp" if protocol == "icmp" else f"{self.name}-{protocol}-{port['host_port']}"
         mapping = {"name": name, "protocol": protocol, "port": port["host_port"], "to_address": self.ns_ip,
-                   "to_port": port["ns_port"]}
+                   "to_port": port["ns_port"],
+                   "allowed_sources": self.allowed_sources if port["allowed_sources"] is None else port["allowed_sources"]}
         if state == "present":
             mapping.update(destination=self.host_ip, in_interface=self.in_interface, local=defaults["local"])
         parsed = _renamed(MAPPING_FIELD_NAMES, mapping_from_params, "", mapping, "present", where=where)
-        # What dnat_rule is called with: the mapping as parsed (ns_port defaulted), without what is unset.
-        module_args = {key: value for key, value in {**mapping, "to_port": parsed.to_port}.items() if value is not None}
+        # What dnat_rule is called with: the mapping as parsed (ns_port defaulted, allowed_sources collapsed),
+        # without what is unset.
+        parsed_fields = {"to_port": parsed.to_port,
+                         "allowed_sources": None if parsed.allowed_sources is None else list(parsed.allowed_sources)}
+        module_args = {key: value for key, value in {**mapping, **parsed_fields}.items() if value is not None}
         check = {"target": self.name, "protocol": protocol, "address": self.host_ip or self.ns_ip,
                  "port": parsed.port, "check": port["check"], "path": port["path"], "status": port["status"],
-                 "expect": port["expect"], "probe": port["probe"]}
+                 "expect": port["expect"], "probe": port["probe"],
+                 "allowed_sources": None if parsed.allowed_sources is None else list(parsed.allowed_sources)}
         check = {key: value for key, value in check.items() if value is not None}
         _renamed(CHECK_FIELD_NAMES, parse_check, 0, check, where=where)
         return {"protocol": protocol, "parsed": parsed, "mapping": module_args,
@@ -205,6 +226,9 @@ def services_plan(raw_services, state="present", in_interface=None, host_ip=None
         # Clients in any of the host's service namespaces reach every mapping (hairpin),
         # also the mappings restricted to an in_interface.
         "hairpin_sources": sorted({str(service.spec.ns_address.network) for service in services}),
+        # Their subnets are reached only through the mappings, but those routed on purpose.
+        "guarded_networks": sorted({str(service.spec.ns_address.network) for service in services if not service.routed}),
+        "routed_networks": sorted({str(service.spec.ns_address.network) for service in services if service.routed}),
     }
 
 
@@ -215,7 +239,12 @@ def _check_across(services, facts):
         if service.name in by_name:
             raise InvalidInput(f"{service.where}.name", f"is also the name of {by_name[service.name].where}")
         by_name[service.name] = service
-        if service.spec not in [other.spec for other in distinct]:
+        same = [other for other in distinct if other.spec == service.spec]
+        if same and same[0].routed != service.routed:
+            raise InvalidInput(f"{service.where}.routed", f"is {str(service.routed).lower()} and "
+                                                          f"{str(same[0].routed).lower()} in {same[0].where}, "
+                                                          "which has the same namespace: set it alike")
+        if not same:
             for other in distinct:
                 check_pairs_apart(service.spec, other.spec)
             distinct.append(service)

@@ -113,3 +113,27 @@ def parse_ipv4_address(field, value):
         return ipaddress.IPv4Address(value)
     except ValueError:
         raise InvalidInput(field, f"{value!r} is not an IPv4 address") from None
+
+
+def address_in(address, networks):
+    """Whether an IPv4 address is in one of `networks` (CIDR strings): who a list of allowed sources lets in."""
+    address = ipaddress.IPv4Address(address)
+    return any(address in ipaddress.IPv4Network(network) for network in networks)
+
+
+def check_allowed_sources(field, values):
+    """An allowed_sources list: IPv4 addresses or networks, collapsed (overlapping and adjacent networks merged,
+    as a set of intervals holds them) and sorted. An empty list is refused: it would shut the port to everyone."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise InvalidInput(field, f"must be a list of IPv4 addresses or networks, not {type(values).__name__}")
+    if not values:
+        raise InvalidInput(field, "is empty, which would let no client in; leave it out to let every client in, "
+                                  "or list 0.0.0.0/0")
+    networks = []
+    for index, value in enumerate(values):
+        try:
+            networks.append(ipaddress.IPv4Network(str(value).strip()))
+        except ValueError as exc:
+            raise InvalidInput(f"{field}[{index}]", f"{value!r} is not an IPv4 address or network in CIDR notation "
+                                                    f"({exc})") from None
+    return tuple(str(network) for network in ipaddress.collapse_addresses(networks))

@@ -23,7 +23,9 @@ description:
     C(NETNS-EXPOSE-POST) from the top of C(POSTROUTING) with O(hairpin). The DNAT rules are in chains per protocol
     and range of 64 host ports under the first two, such as C(NETNS-EXPOSE-tcp-8064) for tcp ports 8064 to 8127
     (and C(NETNS-EXPOSE-icmp)), each jumped to by one rule that matches its range.
-    In the C(filter) table, C(NETNS-EXPOSE-FWD) is jumped to from the top of C(FORWARD).
+    In the C(filter) table, C(NETNS-EXPOSE-FWD) is jumped to from the top of C(FORWARD). In the C(mangle) table,
+    for the mappings with O(allowed_sources), C(NETNS-EXPOSE-SRC) from C(PREROUTING), C(NETNS-EXPOSE-SRC-LOCAL) from
+    C(OUTPUT), and a chain per such mapping (see B(Source allow-lists)).
     Each rule of a mapping carries the comment C(netns.expose:<name>) naming it; the jumps and the rules the
     mappings share carry C(netns.expose). No other rule or chain is ever changed.
   - B(Atomic.) The iptables backend reads the host with one C(iptables-save) and applies all changes of a run in one
@@ -86,6 +88,35 @@ description:
     address gets an answer, through a C(MASQUERADE) in C(NETNS-EXPOSE-POST) (jumped to from the top of C(POSTROUTING)) for
     exactly the flow from O(to_address) to itself on O(to_port), and, for mappings with O(in_interface), the same
     DNAT for traffic from O(hairpin_sources).
+  - B(Source allow-lists.) A mapping with O(allowed_sources) lets in only the clients whose source address is in
+    the list - from the LAN, from the host's namespaces by hairpin, and the host's own connections (O(local)). The
+    first packet of a flow from any other source is dropped before the DNAT (no reset, no ICMP error) and counted.
+    With nftables, a verdict map per kind of mapping (C(sources_<protocol>_<kind>), C(sources_output_<protocol>_<kind>)),
+    keyed as the DNAT maps, jumps to the mapping's chain C(src.<mapping>), whose one rule
+    C(ip saddr != @src.<mapping> counter drop) tests the interval set C(src.<mapping>) - two lookups for a new flow
+    whatever the number of mappings and networks; RV(counters) reports the drops as C(denied). With iptables, in the
+    C(mangle) table (the C(nat) table cannot drop), C(NETNS-EXPOSE-SRC) (from C(PREROUTING)) and
+    C(NETNS-EXPOSE-SRC-LOCAL) (from C(OUTPUT)) send the new flows of each such mapping to its chain
+    C(NETNS-EXPOSE-S-<digest of its name>), one C(RETURN) per network and a counted C(DROP); a new flow meets one
+    rule per mapping with a list (and per hairpin source) and the networks of its own list, in order - what
+    iptables costs without sets. Changing only the list changes those elements or rules in place; the established
+    flows of the clients the new list still allows survive, and those of the sources it no longer allows are cut
+    (their conntrack entries deleted, see RV(conntrack)), since a denial at the first packet would not stop them.
+  - B(Nothing reachable that was not published.) The subnets of the namespaces in O(guarded_networks) are reached only
+    through the mappings; a forwarded packet to an address in them passes only if its flow was DNAT-ed (a mapping's,
+    from the LAN or by hairpin) or is a reply to a connection the namespace opened (C(ct direction reply), with the
+    ICMP errors about it); anything else is dropped before it is forwarded, so a LAN host with a route to the subnet,
+    or another namespace of the host, reaches no port of it, published or not. The host itself still reaches its
+    namespaces directly (that is not forwarded). With iptables these are three rules per network in
+    C(NETNS-EXPOSE-FWD), commented C(netns.expose/guarded); with nftables the interval set C(guarded) and three
+    rules in C(forward). O(routed_networks) names the namespace subnets that are routed on purpose and so not guarded.
+  - B(Not a router.) When the module is the one that turns C(ip_forward) on, the host forwards only what the collection
+    owns - the flows of the mappings (DNAT-ed, both ways), the traffic of the namespaces in O(guarded_networks) and
+    to and from O(routed_networks); the last rule of C(NETNS-EXPOSE-FWD) (comment C(netns.expose/forward-only-owned))
+    or of the C(forward) chain drops everything else that is forwarded, as Docker's C(FORWARD) policy C(DROP) does
+    when Docker turns forwarding on. Where forwarding was on before (a router, a Docker host, a Kubernetes node), that
+    drop is never made, and other forwarding is left alone; the empty set C(ip_forward_was_0) (or the marker rule of
+    C(NETNS-EXPOSE)) records which case the host was in, and removing the last mapping puts C(ip_forward) back.
 author:
   - netns.expose maintainers (@netns-expose)
 extends_documentation_fragment:
@@ -138,10 +169,21 @@ options:
       - With O(rules), the default for entries that do not set it.
     type: bool
     default: false
+  allowed_sources:
+    description:
+      - The clients the mapping lets in, as IPv4 addresses or networks (CIDR), checked by the client's source
+        address before the DNAT (see B(Source allow-lists) above). Overlapping and adjacent networks are merged.
+      - Unset, every client. An empty list is refused, since it would let no client in (list V(0.0.0.0/0) to let
+        every client in explicitly).
+      - The host's own connections (O(local)) come from one of its addresses, which must be listed to let the host in.
+    type: list
+    elements: str
+    version_added: 0.6.0
   rules:
     description:
       - A list of mappings applied as one batch. Each entry takes the keys of the single mapping options
-        (O(name), O(protocol), O(port), O(to_address), O(to_port), O(destination), O(in_interface), O(local)).
+        (O(name), O(protocol), O(port), O(to_address), O(to_port), O(destination), O(in_interface), O(local),
+        O(allowed_sources)).
       - Names must be unique in the list, and so must the protocol, port, destination and in_interface of each entry.
       - Mutually exclusive with O(name).
     type: list
@@ -172,6 +214,11 @@ options:
       local:
         description: As O(local); unset takes the module's O(local).
         type: bool
+      allowed_sources:
+        description: As O(allowed_sources), for this entry (the module's O(allowed_sources) is not a default for entries).
+        type: list
+        elements: str
+        version_added: 0.6.0
   exclusive:
     description:
       - Remove every mapping the collection owns on the host that is not named here, so that the host converges
@@ -211,6 +258,26 @@ options:
     description:
       - IPv4 networks (CIDR) of the host's namespaces, such as the subnets of the veth pairs. Mappings with
         O(in_interface) also DNAT traffic from these networks, whatever interface it comes in on. Only with O(hairpin).
+    type: list
+    elements: str
+    default: []
+  guarded_networks:
+    description:
+      - IPv4 networks (CIDR) of the host's namespaces that must be reached only through the mappings (see
+        B(Nothing reachable that was not published) above), such as the subnets of the veth pairs. The role
+        M(netns.expose.expose) passes the subnets of its services.
+      - With O(state=present) the listed networks are guarded after the run; a listed network replaces the ones it
+        overlaps, and the others stay as they are, unless O(exclusive=true), which leaves exactly these (and
+        O(routed_networks)). With O(state=absent) the listed networks (of either list) are no longer guarded or routed.
+      - A network must not overlap another one of this list or of O(routed_networks).
+    type: list
+    elements: str
+    default: []
+  routed_networks:
+    description:
+      - IPv4 networks (CIDR) of the host's namespaces that are routed on purpose (a LAN host with a route to them
+        reaches every port of them), so they are not guarded. On a host whose C(ip_forward) the module turned on,
+        their traffic is forwarded both ways. Listed as O(guarded_networks) is.
     type: list
     elements: str
     default: []
@@ -306,6 +373,7 @@ EXAMPLES = r"""
     to_port: 9090
     destination: 10.211.55.122
     in_interface: eth0
+    guarded_networks: [10.244.1.0/24]  # ns1's other ports stay out of reach of LAN hosts that route to it
 
 - name: Answer pings to the host from ns1
   netns.expose.dnat_rule:
@@ -390,16 +458,30 @@ published:
       type: list
       elements: str
       returned: always
+    guarded_networks:
+      description: The O(guarded_networks) of the host after the run.
+      type: list
+      elements: str
+      returned: always
+    routed_networks:
+      description: The O(routed_networks) of the host after the run.
+      type: list
+      elements: str
+      returned: always
   sample:
     rules:
       - {name: http-web-tcp-8090, protocol: tcp, port: 8090, destination: 10.211.55.122, to_address: 10.244.1.2,
          to_port: 9090, local: true}
     hairpin_sources: []
+    guarded_networks: [10.244.1.0/24]
+    routed_networks: []
 conntrack:
   description:
     - The conntrack entries deleted, one entry per protocol, host port and destination of the mappings that changed
       (all deleted in one pass over the table).
     - C(deleted) is the number of entries, or null in check mode.
+    - C(kept_sources), when only a mapping's O(allowed_sources) changed, are the networks whose clients' flows were kept
+      (the entries of other sources were deleted).
   returned: always
   type: list
   elements: dict
@@ -427,10 +509,11 @@ counters:
     - With the nftables backend, per mapping, the packets and bytes its elements have counted, as read before the
       run's change. NAT sees only the first packet of a flow, so C(packets) is the number of flows (connections,
       and the host's own with O(local)) the mapping has translated. Replacing the table carries the counters over.
+    - C(denied), for a mapping with O(allowed_sources), is the number of packets from other sources it dropped.
   returned: when the backend is nftables
   type: dict
   sample:
-    web: {packets: 12, bytes: 720}
+    web: {packets: 12, bytes: 720, denied: 3}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -153,6 +153,14 @@ plan:
       description: The services' namespace subnets.
       type: list
       elements: str
+    guarded_networks:
+      description: The namespace subnets of the services that are not C(routed), reached only through the mappings.
+      type: list
+      elements: str
+    routed_networks:
+      description: The namespace subnets of the services that are C(routed) on purpose.
+      type: list
+      elements: str
   sample:
     pairs: [{netns: ns1, ns_ifname: veth1a, host_ifname: veth1b, ns_address: 10.244.1.2/24, host_address: 10.244.1.3/24}]
     mappings: [{name: http-web-tcp-8090, protocol: tcp, port: 8090, to_address: 10.244.1.2, to_port: 9090,
@@ -160,6 +168,8 @@ plan:
     targets: [{target: http-web, protocol: tcp, address: 10.211.55.122, port: 8090, mapping: http-web-tcp-8090, netns: ns1}]
     demo: []
     hairpin_sources: [10.244.1.0/24]
+    guarded_networks: [10.244.1.0/24]
+    routed_networks: []
 pending:
   description:
     - What the role's two calls would change, as the actions the modules would report; V([]) where a call would

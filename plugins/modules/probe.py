@@ -114,6 +114,16 @@ options:
           - Two checks from one source port to one service at the same time collide; give each its own.
         type: int
         version_added: 0.5.0
+      allowed_sources:
+        description:
+          - The IPv4 addresses or networks the service lets in (M(netns.expose.dnat_rule)'s
+            O(netns.expose.dnat_rule#module:rules[].allowed_sources)). When this host's source address towards
+            O(checks[].address) is not in them, the check expects nothing back - one attempt, and RV(results[].ok)
+            is V(true) when nothing answered (RV(results[].detail) starts with V(denied as declared)) and V(false)
+            when the service answered.
+        type: list
+        elements: str
+        version_added: 0.6.0
   timeout:
     description:
       - Seconds to wait for each attempt of a check (connecting, then each read of an V(http) check; the reply of a
@@ -208,6 +218,12 @@ results:
       description: Whether the check was not run (a V(udp) check without O(checks[].probe) and O(checks[].expect)).
       type: bool
       sample: false
+    denied:
+      description: The check came from a source outside O(checks[].allowed_sources), so it expected nothing back.
+      returned: for checks from a source outside their O(checks[].allowed_sources)
+      type: bool
+      sample: true
+      version_added: 0.6.0
     latency_ms:
       description:
         - Milliseconds from sending to the complete answer of the last attempt, 1 decimal (for V(icmp), the round trip

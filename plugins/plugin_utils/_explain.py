@@ -17,7 +17,7 @@ client's address (the DNAT rewrites the destination only), else to the reply (an
 """
 from __future__ import annotations
 
-from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
+from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput, address_in
 
 # Where the flows' source ports start by default: below Linux's ephemeral ports (32768-60999), so that no
 # connection of the slave's own is likely to hold one.
@@ -245,7 +245,22 @@ def _stale_findings(flow, master):
                      f"{conntrack_text(stale[0])}; delete them: conntrack -D -p {flow['protocol']}{port}")]
 
 
-def _flow_record(master, slave, planned, sent, seen_flow, seen):  # pylint: disable=too-many-arguments
+def _denied_findings(flow, master, hops, allowed):
+    """Why the request of a client outside the mapping's allowed_sources stopped (or that it was not stopped)."""
+    client = flow["ends"]["client"]
+    if allowed is None or address_in(client, allowed):
+        return None
+    _slave_hop, arrival_hop, host_hop, ns_hop = hops
+    if not arrival_hop["request"]:
+        return None  # it did not reach the master: not the list's doing
+    why = f"source {client} is not in {flow['service']}'s allowed_sources"
+    if ns_hop["request"] or host_hop["request"]:
+        return [_finding(host_hop["hop"], f"{why}, yet the request reached {host_hop['interface']} on {master}: the list is "
+                                          f"not enforced (is mapping {flow['mapping']} as declared? run the expose role again)")]
+    return [_finding(arrival_hop["hop"], f"{why}, dropped at {arrival_hop['hop']} (denied as declared)")]
+
+
+def _flow_record(master, slave, planned, sent, seen_flow, seen, allowed=None):  # pylint: disable=too-many-arguments
     ends = seen_flow["flow"]
     hops_seen = {}
     for packet in seen_flow["hops"]:
@@ -271,6 +286,10 @@ def _flow_record(master, slave, planned, sent, seen_flow, seen):  # pylint: disa
         "ip_forward": seen["ip_forward"],
     }
     view = {**seen_flow, "ip_forward": seen["ip_forward"]}
+    denied = _denied_findings(flow, master, hops, allowed)
+    if denied is not None:
+        flow["findings"] = denied + _stale_findings(flow, master)
+        return flow
     found = _request_findings(flow, view, master, hops)
     if not found and not sent["ok"]:
         found = _reply_findings(flow, view, master, hops)
@@ -286,7 +305,7 @@ def report(planned, seen_by_master, sent, slave, run_id=None):
 
     planned: flows(); seen_by_master: {master: flow_watch's result}; sent: flow_probe's result, whose results are
     in the order of planned's checks."""
-    results = iter(sent["results"])
+    results, checks = iter(sent["results"]), iter(planned.get("checks", []))
     records, masters = [], {}
     for master, master_flows in planned["watch"].items():
         seen = seen_by_master[master]
@@ -295,6 +314,7 @@ def report(planned, seen_by_master, sent, slave, run_id=None):
                            "error": seen.get("msg") if seen.get("failed") else None}
         for flow in master_flows:
             result = next(results)
+            allowed = next(checks, {}).get("allowed_sources")
             seen_flow = by_port.get(flow["client_port"])
             if seen_flow is None:
                 records.append({"master": master, "slave": slave, "mapping": flow["name"], "service": result["target"],
@@ -302,7 +322,7 @@ def report(planned, seen_by_master, sent, slave, run_id=None):
                                 "hops": [], "chains": {}, "findings": [_finding(
                                     f"master {master}", f"the master's watch failed: {seen.get('msg', 'no report')}")]})
                 continue
-            records.append(_flow_record(master, slave, flow, result, seen_flow, seen))
+            records.append(_flow_record(master, slave, flow, result, seen_flow, seen, allowed))
     return {"run_id": run_id, "flows": records, "masters": masters,
             "slave": {"name": slave, "neighbours": sent.get("neighbours", [])}}
 

@@ -41,7 +41,11 @@ def _one_line(text):
 
 
 def _result(check):
-    return "skipped" if check["skipped"] else ("ok" if check["ok"] else "FAILED")
+    if check["skipped"]:
+        return "skipped"
+    if not check["ok"]:
+        return "FAILED"
+    return "denied" if check.get("denied") else "ok"
 
 
 def summary(probes):

@@ -126,12 +126,21 @@ def test_a_mapping_is_added_as_declared_and_a_second_run_changes_nothing(master,
         ":NETNS-EXPOSE-POST - [0:0]",
         '-A POSTROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE-POST',
         WEB_RULES[2],
+        *ROUTER_RULES,
     ])
-    # In this order: the mark before the DNAT.
+    # In this order: the mark before the DNAT; the accept of the mapped flows before the router's drop.
     assert [line for line in save(master, variant) if line.startswith("-A NETNS-EXPOSE-tcp-8064")] == WEB_RULES[:2]
+    assert [line for line in save(master, variant) if line.startswith("-A NETNS-EXPOSE-FWD")] == [SHARED_RULES[1], *ROUTER_RULES]
     assert ip_forward(master) == 1
     again = dnat(run_module, variant, **WEB)
     assert again["changed"] is False and again["actions"] == []
+
+
+# Forwarding was 0 before the mapping: the master forwards only the mapped flows (the DNAT-ed ones) and drops the rest.
+ROUTER_RULES = [
+    '-A NETNS-EXPOSE-FWD -m conntrack --ctstate DNAT -m comment --comment "netns.expose" -j RETURN',
+    '-A NETNS-EXPOSE-FWD -m comment --comment "netns.expose/forward-only-owned" -j DROP',
+]
 
 
 # The elements of web in the table ip netns_expose (hairpin_sources are given only by the role).
@@ -149,7 +158,7 @@ def test_nftables_a_mapping_is_elements_of_the_one_owned_table(master, run_modul
     assert result["changed"] is True and result["backend"] == "nftables" and result["iptables"] is None
     assert result["mappings"] == {"web": WEB_ELEMENTS}
     assert result["actions"][-3:-1] == [
-        "replace table ip netns_expose in one nft -f transaction (3 elements in 4 maps and sets, 4 rules)",
+        "replace table ip netns_expose in one nft -f transaction (3 elements in 4 maps and sets, 6 rules)",
         "delete the conntrack entries of tcp port 8090 to 10.211.55.122 in one pass over the conntrack table (netlink), "
         "so that flows older than the change meet the new rules"]
     after = netfilter(master)
@@ -283,11 +292,16 @@ NFT_DRIFT = {
 }
 
 
+# The forward rules that only a host whose forwarding the collection turned on has (the router's drop).
+NFT_ROUTER_RULES = ("\t\tct status dnat accept comment", "\t\tcounter drop comment")
+
+
 def without_marker(lines):
-    """The lines of nft_table without the set that records that the collection turned ip_forward on."""
+    """The lines of nft_table without the set that records that the collection turned ip_forward on, and without
+    the router's drop that goes with it."""
     start = lines.index("\tset ip_forward_was_0 {")
     end = lines.index("\t}", start)
-    return lines[:start] + lines[end + 1:]
+    return [line for line in lines[:start] + lines[end + 1:] if not line.startswith(NFT_ROUTER_RULES)]
 
 
 @pytest.mark.parametrize("case", sorted(NFT_DRIFT), ids=sorted(NFT_DRIFT))
@@ -307,7 +321,8 @@ def test_nftables_drift_is_repaired_by_replacing_the_table(master, run_module, c
     assert len(replaced) == 1, result["actions"]
     if case == "table deleted":
         # The record that the collection turned ip_forward on went with the table. Forwarding is on, and the run
-        # cannot tell that from an administrator's choice, so it leaves the record out (and ip_forward on, later).
+        # cannot tell that from an administrator's choice, so it leaves the record out (and ip_forward on, later),
+        # and the router's drop with it: it leaves forwarding as it finds it.
         converged = without_marker(converged)
         assert ip_forward(master) == 1
     assert nft_table(master) == converged
@@ -503,11 +518,11 @@ def test_the_flows_of_many_mappings_are_deleted_in_one_pass(master, run_module, 
                 [elements] = [entry["map"]["elem"] for entry in nft_json(master)
                               if "map" in entry and entry["map"]["name"] == "dnat_tcp_iif_local"]
                 assert len(elements) == count
-                assert len([entry for entry in nft_json(master) if "rule" in entry]) == 5
+                assert len([entry for entry in nft_json(master) if "rule" in entry]) == 7  # 5, and the router's 2
             elif step == "add":
                 # Issue C: one FORWARD rule for the 200 mappings, and 4 jumps to ranges of 64 ports.
                 lines = save(master, "nft")
-                assert [line for line in lines if line.startswith("-A NETNS-EXPOSE-FWD")] == [SHARED_RULES[1]]
+                assert [line for line in lines if line.startswith("-A NETNS-EXPOSE-FWD")] == [SHARED_RULES[1], *ROUTER_RULES]
                 assert len([line for line in lines if line.startswith("-A NETNS-EXPOSE -p tcp")]) == 4
     finally:
         sh(master, "conntrack", "-F")

@@ -14,6 +14,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+import yaml
 from conftest import failures
 from master_host import MASTER, scrub_netfilter, sh
 from test_end_to_end import ask_udp_from  # pylint: disable=import-error
@@ -270,3 +271,23 @@ def test_a_stale_conntrack_entry(working, tmp_path, run_module):
     [stale] = flow["findings"]
     assert stale["hop"] == "master eth0" and f"{SLAVE_IP}:40001" in stale["cause"], stale
     assert "conntrack -D -p udp --orig-port-dst 8053" in stale["cause"], stale
+
+
+def test_a_client_outside_allowed_sources(working, tmp_path):
+    # The tcp port open to the master itself only: the slave's flow is dropped at the master, as declared.
+    inventory = yaml.safe_load((REPO / "tests" / "lab" / "inventory.yml").read_text())
+    [service] = inventory["all"]["children"]["lab"]["children"]["masters"]["vars"]["expose_services"]
+    listed = {"expose_services": [dict(service, ports=[dict(service["ports"][0], allowed_sources=[f"{MASTER_IP}/32"]),
+                                                       *service["ports"][1:]])]}
+    try:
+        working.converge(**listed)
+        report, text = working.explain(tmp_path, expose_explain_mappings="8090", **listed)
+    finally:
+        working.converge()
+    flow = flow_of(report, "http-web-tcp-8090")
+    assert flow["ok"] and flow["detail"].startswith("denied as declared"), flow
+    [finding] = flow["findings"]
+    assert finding == {"hop": "master eth0", "cause": f"source {SLAVE_IP} is not in http-web's allowed_sources, dropped "
+                                                      "at master eth0 (denied as declared)"}, finding
+    assert not hop(flow, "master veth1b")["request"], "the denied request went on toward ns1"
+    assert f"FINDING at master eth0: source {SLAVE_IP} is not in http-web's allowed_sources" in text

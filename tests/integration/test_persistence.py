@@ -114,9 +114,10 @@ class Master:
         return [line.split(" [")[0] if line.startswith(":") else line for line in lines
                 if not line.startswith("#") and "NETNS-EXPOSE" not in line and "netns.expose" not in line]
 
-    def from_slave(self):
-        done = self.lab.exec(SLAVE, ["python3", "-c", "import urllib.request; print(urllib.request.urlopen("
-                                     f"'http://{MASTER_IP}:8090/', timeout=3).read().decode())"])
+    def from_slave(self, url=f"http://{MASTER_IP}:8090/", host=SLAVE):
+        """What the slave (or `host`) gets from url, or None."""
+        done = self.lab.exec(host, ["python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                                    f"'{url}', timeout=3).read().decode())"])
         return done.stdout.strip() if done.returncode == 0 else None
 
 
@@ -243,6 +244,33 @@ def test_a_firewall_reload_that_flushes_everything_brings_the_rules_back(master)
     on(master.lab, MASTER, "systemctl enable --now --quiet netns-expose-rules.service")
     assert master.from_slave() == DEMO_REPLY
     assert master.changed() == [], "enable made other links than the run does"
+
+
+# The service's port open to the master itself only (its own connections come from its address), and ns1's
+# subnet guarded: the slave is a client the list leaves out, and a LAN host that routes to ns1.
+WEB_SERVICE = {"name": "http-web", "netns": "ns1", "ns_ifname": "veth1a", "host_ifname": "veth1b",
+               "ns_address": "10.244.1.2/24", "host_address": "10.244.1.3/24", "demo": True,
+               "ports": [{"protocol": "tcp", "host_port": 8090, "ns_port": 9090, "expect": "hello world"}]}
+DIRECT_URL = "http://10.244.1.2:9090/"
+
+
+def test_the_guard_and_an_allow_list_come_back_at_boot_and_after_a_firewall_reload(master):
+    master.converge(expose_services=[{**WEB_SERVICE, "allowed_sources": [f"{MASTER_IP}/32"]}])
+    on(master.lab, SLAVE, f"ip route replace 10.244.1.0/24 via {MASTER_IP}")
+    try:
+        for moment in ("after the run", "after a reboot", "after a firewall reload"):
+            if moment == "after a reboot":
+                master.reboot()
+            elif moment == "after a firewall reload":
+                on(master.lab, MASTER, "systemctl restart nftables.service")  # its ExecStart runs `flush ruleset`
+            assert master.from_slave() is None, f"{moment}: the slave, outside allowed_sources, got an answer"
+            assert master.from_slave(DIRECT_URL) is None, f"{moment}: the slave reached ns1 directly"
+            # The positive control: the master's own connection, from an address the list has.
+            assert master.from_slave(host=MASTER) == DEMO_REPLY, f"{moment}: the master itself was not let in"
+    finally:
+        on(master.lab, SLAVE, f"ip route del 10.244.1.0/24 via {MASTER_IP} || true")
+        master.converge()
+    assert master.from_slave() == DEMO_REPLY, "the slave is not let in again with the list gone"
 
 
 def test_persistent_false_leaves_a_host_that_loses_everything_at_reboot(master):

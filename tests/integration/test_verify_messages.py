@@ -131,3 +131,54 @@ def test_the_summary_shows_the_reply_as_the_service_sent_it(one_dead_port, ansib
     # The failure, as the default callback shows it: the report as it is, one line per failure.
     start = lines.index("[ERROR]: Task failed: Action failed: " + REPORT[0])
     assert lines[start + 1:start + len(REPORT)] == report(ansible.inventory).splitlines()[1:], stdout
+
+
+# The web port open to the master itself only: the slave is a client its allowed_sources leaves out.
+LISTED = [f"{MASTER_IP}/32"]
+LISTED_SETTINGS = {**SETTINGS, "expose_services": [dict(SERVICE, ports=[
+    dict(SERVICE["ports"][0], allowed_sources=LISTED), *SERVICE["ports"][1:]])]}
+
+
+def test_a_slave_outside_allowed_sources_must_be_denied_and_is_shown_denied_as_declared(one_dead_port, lab, modules, ansible):
+    # The master does not enforce the list yet: the slave gets through, and verify fails naming why.
+    run = ansible.run_playbook(VERIFY, extra_vars=LISTED_SETTINGS)
+    [(task, message)] = failures(run)
+    assert task == "Every check passed" and message.startswith("2 of 4 checks failed:"), message
+    assert (f"master master: tcp port {WEB_PORT} (vfy-web) failed: answered (HTTP 200), though source "
+            f"10.211.55.123 is not in the allowed_sources of vfy-web") in message.splitlines(), message
+    # The master enforces it: the slave is denied, as declared; only the dead udp port fails.
+    rules = [dict(m, destination=MASTER_IP, in_interface="eth0") for m in MAPPINGS]
+    rules[0].update(allowed_sources=LISTED, local=True)
+    try:
+        changed = modules.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})
+        assert not changed["failed"] and changed["changed"], changed
+        run = ansible.run_playbook(VERIFY, extra_vars=LISTED_SETTINGS)
+        assert failures(run) == [("Every check passed", report(ansible.inventory))], failures(run)
+        probe = [result for play in run["plays"] for task in play["tasks"] if task["task"]["name"].startswith("Probe every")
+                 for result in task["hosts"].values()]
+        [web] = [check for check in probe[0]["results"] if check["port"] == WEB_PORT]
+        assert web["ok"] and web["denied"] and web["detail"].startswith(
+            "denied as declared: source 10.211.55.123 is not in the allowed_sources of vfy-web"), web
+        # The master itself, which the list lets in, still gets the service (the control of the denial).
+        assert DEMO_REPLY in sh(lab, "curl", "-s", "-m", "3", f"http://{MASTER_IP}:{WEB_PORT}/")
+    finally:
+        for key in ("allowed_sources", "local"):
+            rules[0].pop(key)
+        assert not modules.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})["failed"]
+
+
+def test_the_summary_shows_a_denied_slave_as_denied(one_dead_port, modules, ansible, tmp_path):
+    rules = [dict(m, destination=MASTER_IP, in_interface="eth0") for m in MAPPINGS]
+    rules[0]["allowed_sources"] = LISTED
+    extra_vars = tmp_path / "settings.json"
+    extra_vars.write_text(json.dumps(LISTED_SETTINGS), encoding="utf-8")
+    try:
+        assert not modules.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})["failed"]
+        stdout = verify_with_the_default_callback(ansible, extra_vars)  # fails: the dead udp port
+    finally:
+        rules[0].pop("allowed_sources")
+        assert not modules.run_module(MASTER, "netns.expose.dnat_rule", {"rules": rules})["failed"]
+    # The reply column is cut at 100 characters.
+    assert any(re.match(rf"master +vfy-web +tcp +http +{WEB_PORT} +denied +- +denied as declared: source "
+                        r"10\.211\.55\.123 is not in the allowed_sources of vfy-web \(timed out", line)
+               for line in stdout.splitlines()), stdout

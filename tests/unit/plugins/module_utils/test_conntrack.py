@@ -86,13 +86,14 @@ def attributes_of(message):
 
 
 @pytest.mark.parametrize("message, key", [
-    (tcp_entry(8090, 1), (6, 8090, "10.211.55.122")),
-    (tcp_entry(8053, 2, protonum=17), (17, 8053, "10.211.55.122")),
-    (tcp_entry(8090, 3, flag=False), (6, 8090, "10.211.55.122")),  # nests without NLA_F_NESTED (older kernels)
-    (tcp_entry(8090, 4, zone=5), (6, 8090, "10.211.55.122")),
-    (icmp_entry(5, dst="10.0.0.9"), (1, None, "10.0.0.9")),  # not the tcp/udp layout: read attribute by attribute
+    (tcp_entry(8090, 1), (6, 8090, "10.211.55.122", "10.211.55.123")),
+    (tcp_entry(8053, 2, protonum=17), (17, 8053, "10.211.55.122", "10.211.55.123")),
+    (tcp_entry(8090, 3, flag=False), (6, 8090, "10.211.55.122", "10.211.55.123")),  # nests without NLA_F_NESTED
+    (tcp_entry(8090, 4, zone=5), (6, 8090, "10.211.55.122", "10.211.55.123")),
+    # Not the tcp/udp layout: read attribute by attribute.
+    (icmp_entry(5, dst="10.0.0.9"), (1, None, "10.0.0.9", "10.211.55.123")),
 ])
-def test_the_key_of_an_entry_is_its_original_protocol_port_and_destination(message, key):
+def test_the_key_of_an_entry_is_its_original_protocol_port_destination_and_source(message, key):
     assert _conntrack.entry_key(*attributes_of(message)) == key
 
 
@@ -112,6 +113,32 @@ def test_an_entry_goes_to_the_first_key_that_matches_it():
     assert index.match(1, None, "10.0.0.1") == ("icmp", None, None)
     only_there = _conntrack.KeyIndex({("tcp", 8090, "10.211.55.122")})
     assert only_there.match(6, 8090, "10.211.55.99") is None
+
+
+def test_a_key_with_kept_sources_matches_only_the_other_sources():
+    """A changed allowed_sources cuts the flows of the clients it no longer allows, and only theirs."""
+    key = ("tcp", 8090, "10.211.55.122")
+    index = _conntrack.KeyIndex({key, ("udp", 8053, None)}, kept={key: ("10.211.55.0/25",)})
+    assert index.match(6, 8090, "10.211.55.122", "10.211.55.123") is None, "an allowed client's flow is kept"
+    assert index.match(6, 8090, "10.211.55.122", "10.211.55.200") == key, "a denied client's flow is cut"
+    assert index.match(17, 8053, "10.0.0.1", "10.211.55.123") == ("udp", 8053, None), "no kept sources: all go"
+
+
+def test_the_tool_cuts_a_key_with_kept_sources_by_source():
+    calls = []
+    listing = LISTING + LISTING.replace("src=10.211.55.123", "src=10.211.55.200", 1)
+
+    def run_command(argv):
+        calls.append(argv)
+        if argv[1] == "-L":
+            return 0, listing, ""
+        return 0, "", "conntrack v1.4.7 (conntrack-tools): 1 flow entries have been deleted.\n"
+
+    key = ("tcp", 8090, "10.211.55.122")
+    counts = _conntrack.delete_with_tool(run_command, "conntrack", [key], kept={key: ("10.211.55.123/32",)})
+    assert counts == {key: 1}
+    assert calls[1:] == [["conntrack", "-D", "-p", "tcp", "--orig-port-dst", "8090", "--orig-dst", "10.211.55.122",
+                          "--orig-src", "10.211.55.200"]]
 
 
 class FakeKernel:
@@ -203,7 +230,8 @@ src=10.211.55.122 dst=10.211.55.123 type=0 code=0 id=7 mark=0 use=1
 
 def test_the_listing_of_the_tool_gives_the_original_direction():
     assert list(_conntrack.listed_entries(LISTING)) == [
-        (6, 8090, "10.211.55.122"), (17, 8053, "10.211.55.122"), (1, None, "10.211.55.122")]
+        (6, 8090, "10.211.55.122", "10.211.55.123"), (17, 8053, "10.211.55.122", "10.211.55.123"),
+        (1, None, "10.211.55.122", "10.211.55.123")]
 
 
 def test_the_tool_deletes_only_the_keys_that_have_entries():

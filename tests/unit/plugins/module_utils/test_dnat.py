@@ -185,6 +185,8 @@ def save_with(mappings, ip_forward_mark=False, extra_nat="", extra_filter="", ha
     if "NETNS-EXPOSE-POST" in chains:
         jumps.append('-A POSTROUTING -m comment --comment "netns.expose" -j NETNS-EXPOSE-POST')
     fwd = [forward_accept_rule(mark)] if mark and mappings else []
+    if ip_forward_mark and mappings:
+        fwd += _dnat.router_rules(_dnat.Networks())
     return "\n".join([
         "*nat", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
         *(f":{chain} - [0:0]" for chain in chains), *jumps, *(line for lines in chains.values() for line in lines),
@@ -209,7 +211,7 @@ def test_a_new_mapping_is_one_transaction_and_turns_ip_forward_on():
     assert plan.actions == [
         "add mapping web (tcp 8090 -> 10.244.1.2:9090)",
         "update the netns.expose chains and the jumps to them",
-        "commit the rule changes in one iptables-restore --noflush transaction (nft: filter +2 -0, nat +7 -0)",
+        "commit the rule changes in one iptables-restore --noflush transaction (nft: filter +4 -0, nat +7 -0)",
         "set net.ipv4.ip_forward = 1 (was 0)",
     ]
     assert_consistent(plan)
@@ -271,8 +273,9 @@ WEB_MARK, WEB_DNAT = WEB.prerouting_rules(0x1000000)
 
 
 @pytest.mark.parametrize("drift, expected, script", [
+    # In NETNS-EXPOSE-FWD the order counts (the router drop ends it): put back in its place.
     (lambda text: text.replace(FWD_ACCEPT + "\n", ""), "update the netns.expose chains and the jumps to them",
-     ["-A " + FWD_ACCEPT[3:]]),
+     ["-I NETNS-EXPOSE-FWD 1" + FWD_ACCEPT[len("-A NETNS-EXPOSE-FWD"):]]),
     (lambda text: text.replace(WEB_DNAT + "\n", ""), "restore missing rules of mapping web (tcp 8090 -> 10.244.1.2:9090)",
      [WEB_DNAT]),
     # The mark must come before the DNAT: both go, and come back in order.
@@ -471,7 +474,7 @@ def test_without_accept_forward_a_mapping_is_not_marked_and_forward_gets_nothing
     plan, fake = plan_of(spec([DNS]), save_with([WEB], mark=None, ip_forward_mark=True), ip_forward=1)
     plan.apply()
     script = fake.commit.call_args.args[0]
-    assert FWD_ACCEPT in script and WEB_DNAT[3:] not in script
+    assert FWD_ACCEPT[len("-A NETNS-EXPOSE-FWD"):] in script and WEB_DNAT[3:] not in script
     assert [line for line in script.splitlines() if "CONNMARK" in line] == DNS.prerouting_rules(0x1000000)[:1]
 
 
@@ -538,6 +541,7 @@ def test_published_gives_back_the_owned_mappings_as_rules_entries():
     assert plan.published == {
         "rules": [{key: value for key, value in vars(mapping).items() if value is not None} for mapping in (DNS, PING, WEB)],
         "hairpin_sources": list(sources),  # kept by the mappings with an in_interface
+        "guarded_networks": [], "routed_networks": [],
     }
     # What was published, given back, makes the very same rules.
     again, _fake = plan_of(spec([Mapping(**rule) for rule in plan.published["rules"]],

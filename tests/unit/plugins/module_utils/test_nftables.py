@@ -17,6 +17,7 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     DnatSpec,
     IptablesRuleset,
     Mapping,
+    Networks,
     Setup,
     forward_accept_rule,
     plan_dnat,
@@ -44,9 +45,10 @@ DNS = Mapping(name="dns", protocol="udp", port=8053, to_address="10.244.1.2", to
 PING = Mapping(name="ping", protocol="icmp", to_address="10.244.1.2", in_interface="eth0")
 ALT = Mapping(name="alt", protocol="tcp", port=8091, to_address="10.244.1.3", to_port=80)
 # What fixtures/nft_table.nft holds: web with two hairpin sources (the /32 is inside the /16), dns, ping, and
-# alt without the mark (accept_forward false); ip_forward turned on by the collection.
+# alt without the mark (accept_forward false); a guarded and a routed network; ip_forward turned on by the collection.
 FIXTURE_UNITS = [(WEB, Setup(sources=("10.244.0.0/16", "10.244.9.9/32"))), (DNS, Setup()),
                  (PING, Setup(sources=("10.244.0.0/16",))), (ALT, Setup(mark=None))]
+FIXTURE_NETWORKS = Networks(guarded=("10.244.1.0/24", "10.244.2.0/24"), routed=("10.244.9.0/24",))
 
 
 def fixture_state():
@@ -54,7 +56,8 @@ def fixture_state():
 
 
 def desired_fixture():
-    return NftRuleset.render({}, [(mapping, setup.of(mapping)) for mapping, setup in FIXTURE_UNITS], True)
+    return NftRuleset.render({}, [(mapping, setup.of(mapping)) for mapping, setup in FIXTURE_UNITS], True,
+                             FIXTURE_NETWORKS)
 
 
 def test_a_mapping_is_elements_keyed_by_what_it_matches():
@@ -184,7 +187,7 @@ def test_a_new_mapping_is_one_transaction_and_turns_ip_forward_on():
         assert plan.actions == [
             "add mapping web (tcp 8090 -> 10.244.1.2:9090)",
             "update the chains, maps and sets of table ip netns_expose",
-            "replace table ip netns_expose in one nft -f transaction (4 elements in 5 maps and sets, 5 rules)",
+            "replace table ip netns_expose in one nft -f transaction (4 elements in 5 maps and sets, 7 rules)",
             "set net.ipv4.ip_forward = 1 (was 0)",
         ]
         assert_consistent(plan)
@@ -382,8 +385,8 @@ def test_switching_to_nftables_moves_every_mapping_in_one_run_and_leaves_no_ipta
             "move mapping web to nftables (tcp 8090 -> 10.244.1.2:9090)",
             "update the chains, maps and sets of table ip netns_expose",
             "update the netns.expose chains and the jumps to them (iptables-nft)",
-            "replace table ip netns_expose in one nft -f transaction (13 elements in 12 maps and sets, 14 rules)",
-            "commit the rule changes in one iptables-restore --noflush transaction (nft: filter +0 -2, nat +0 -21)",
+            "replace table ip netns_expose in one nft -f transaction (13 elements in 12 maps and sets, 16 rules)",
+            "commit the rule changes in one iptables-restore --noflush transaction (nft: filter +0 -4, nat +0 -21)",
         ]
         assert_consistent(plan)
         plan.apply()
@@ -419,7 +422,8 @@ def test_switching_back_to_iptables_deletes_the_table():
     plan = plan_dnat(active, spec([WEB, DNS], hairpin_sources=("10.244.0.0/16", "10.244.9.9/32")), 1, others=[nft_other])
     assert plan.actions[:4] == ["move mapping alt to iptables-legacy", "move mapping dns to iptables-legacy (udp 8053 -> 10.244.1.2:53)",
                                 "move mapping ping to iptables-legacy", "move mapping web to iptables-legacy (tcp 8090 -> 10.244.1.2:9090)"]
-    assert plan.actions[-2:] == ["commit the rule changes in one iptables-restore --noflush transaction (legacy: filter +2 -0, nat +28 -0)",
+    # The networks move too: 1 accept, 3 rules per guarded network and 2 per routed one, the router's 4, the jump.
+    assert plan.actions[-2:] == ["commit the rule changes in one iptables-restore --noflush transaction (legacy: filter +14 -0, nat +28 -0)",
                                  "delete table ip netns_expose in one nft -f transaction"]
     assert_consistent(plan)
     plan.apply()

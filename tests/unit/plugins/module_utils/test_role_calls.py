@@ -16,8 +16,8 @@ PLAN = {"pairs": [{"netns": "ns1", "ns_ifname": "veth1a", "host_ifname": "veth1b
                    "host_address": "10.244.1.3/24"}],
         "mappings": [{"name": "web-tcp-8090", "protocol": "tcp", "port": 8090, "to_address": "10.244.1.2",
                       "to_port": 9090}],
-        "hairpin_sources": ["10.244.1.0/24"]}
-EMPTY = {"pairs": [], "mappings": [], "hairpin_sources": []}
+        "hairpin_sources": ["10.244.1.0/24"], "guarded_networks": ["10.244.1.0/24"], "routed_networks": []}
+EMPTY = {"pairs": [], "mappings": [], "hairpin_sources": [], "guarded_networks": [], "routed_networks": []}
 
 
 def apply_calls(state):
@@ -44,6 +44,10 @@ def test_no_call_where_the_role_makes_none():
     # exclusive with no mapping: the call that removes every mapping of the collection
     assert _role_calls.dnat_rule_args(EMPTY, "present", True, True, "auto")["rules"] == []
     assert _role_calls.dnat_rule_args(EMPTY, "present", True, False, "auto") is None
+    # A namespace with no port is guarded all the same, and its guard goes with it.
+    portless = {**PLAN, "mappings": []}
+    assert _role_calls.dnat_rule_args(portless, "present", True, False, "auto")["guarded_networks"] == ["10.244.1.0/24"]
+    assert _role_calls.dnat_rule_args(portless, "absent", True, False, "auto")["guarded_networks"] == ["10.244.1.0/24"]
 
 
 def _plan(actions, warnings=()):
