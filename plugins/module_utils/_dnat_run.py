@@ -19,6 +19,7 @@ from ansible_collections.netns.expose.plugins.module_utils._dnat import (
     plan_dnat,
     read_ip_forward,
 )
+from ansible_collections.netns.expose.plugins.module_utils._lock import LOCK_OPTION
 from ansible_collections.netns.expose.plugins.module_utils._nftables import open_backends
 from ansible_collections.netns.expose.plugins.module_utils._persist import systemd_of
 
@@ -35,6 +36,7 @@ MAPPING_OPTIONS = dict(
 )
 ARGUMENT_SPEC = dict(
     MAPPING_OPTIONS,
+    **LOCK_OPTION,
     protocol=dict(type="str", choices=["tcp", "udp", "icmp"], default="tcp"),
     local=dict(type="bool", default=False),
     rules=dict(type="list", elements="dict", options=MAPPING_OPTIONS),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ansible_collections.netns.expose.plugins.module_utils import _persist
+from ansible_collections.netns.expose.plugins.module_utils._lock import LOCK_OPTION
 from ansible_collections.netns.expose.plugins.module_utils._netlink import netns_run_dir
 from ansible_collections.netns.expose.plugins.module_utils._plan import Plan
 from ansible_collections.netns.expose.plugins.module_utils._validation import (
@@ -50,6 +51,7 @@ PAIR_OPTIONS = dict(
 )
 ARGUMENT_SPEC = dict(
     PAIR_OPTIONS,
+    **LOCK_OPTION,
     pairs=dict(type="list", elements="dict", options=PAIR_OPTIONS),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     persistent=dict(type="bool", default=True),

@@ -122,6 +122,7 @@ author:
 extends_documentation_fragment:
   - netns.expose.attributes
   - netns.expose.attributes.platform
+  - netns.expose.lock
 attributes:
   check_mode:
     support: full
@@ -519,6 +520,7 @@ counters:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netns.expose.plugins.module_utils._dnat import RolledBack
+from ansible_collections.netns.expose.plugins.module_utils._lock import LockTimeout, held_by
 from ansible_collections.netns.expose.plugins.module_utils._dnat_run import ARGUMENT_RULES, ARGUMENT_SPEC, plan_run
 from ansible_collections.netns.expose.plugins.module_utils._iptables import IptablesError
 from ansible_collections.netns.expose.plugins.module_utils._nftables import ForwardDropped, NftError
@@ -526,19 +528,28 @@ from ansible_collections.netns.expose.plugins.module_utils._plan import PlanAppl
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
 
 
-def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
+def converge(module):
+    """Read, plan and (unless in check mode) apply: (plan, backends); fails the module on a refusal or an error."""
     try:
         plan, backends = plan_run(module, module.params)
     except (InvalidInput, IptablesError, NftError, ForwardDropped) as exc:
         module.fail_json(msg=str(exc))
-
     if not module.check_mode:
         try:
             plan.apply()
         except PlanApplyError as exc:
             rolled_back = isinstance(exc.__cause__, RolledBack)
             module.fail_json(msg=str(exc), actions=exc.done, failed_action=exc.failed_step, rolled_back=rolled_back)
+    return plan, backends
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
+    try:
+        with held_by(module):
+            plan, backends = converge(module)
+    except LockTimeout as exc:
+        module.fail_json(msg=str(exc))
 
     for warning in plan.warnings:
         module.warn(warning)

@@ -33,6 +33,7 @@ author:
 extends_documentation_fragment:
   - netns.expose.attributes
   - netns.expose.attributes.platform
+  - netns.expose.lock
 attributes:
   check_mode:
     support: full
@@ -108,6 +109,7 @@ package_manager:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.netns.expose.plugins.module_utils._lock import LOCK_OPTION, LockTimeout, held_by
 from ansible_collections.netns.expose.plugins.module_utils._packages import (
     NEEDS,
     PrerequisitesError,
@@ -116,19 +118,12 @@ from ansible_collections.netns.expose.plugins.module_utils._packages import (
 from ansible_collections.netns.expose.plugins.module_utils._plan import PlanApplyError
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            needs=dict(type="list", elements="str", choices=list(NEEDS), required=True),
-            update_cache=dict(type="bool", default=True),
-        ),
-        supports_check_mode=True,
-    )
+def install(module):
+    """Read, plan and (unless in check mode) install: the run; fails the module on an error."""
     try:
         run = PrerequisitesRun(module, module.params["needs"], update_cache=module.params["update_cache"])
     except PrerequisitesError as exc:
         module.fail_json(msg=str(exc))
-
     if not module.check_mode:
         try:
             run.plan.apply()
@@ -138,6 +133,23 @@ def main():
             run.recheck()
         except PrerequisitesError as exc:
             module.fail_json(msg=str(exc), changed=run.plan.changed, actions=run.plan.actions, **run.outputs())
+    return run
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            needs=dict(type="list", elements="str", choices=list(NEEDS), required=True),
+            update_cache=dict(type="bool", default=True),
+            **LOCK_OPTION,
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        with held_by(module):
+            run = install(module)
+    except LockTimeout as exc:
+        module.fail_json(msg=str(exc))
 
     result = dict(changed=run.plan.changed, actions=run.plan.actions, **run.outputs())
     if module._diff:

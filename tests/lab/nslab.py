@@ -61,6 +61,9 @@ DEFAULT_IFNAME = "eth0"
 LAN_DIR = "lan"
 # The namespace files of a lab host, with the unshare(1)/nsenter(1) option for each.
 HOST_NAMESPACES = {"net": "--net", "mnt": "--mount", "uts": "--uts"}
+# The host-wide lock of the collection's modules, one per network namespace (plugins/module_utils/_lock.py's
+# lock_file; tests/unit/test_lab_nslab.py checks they agree): the lab hosts share this machine's /run/lock.
+COLLECTION_LOCK = "/run/lock/netns-expose.net-{inode}.lock"
 # Run in a lab host's network and mount namespaces. A tmpfs on /run/netns lets
 # each lab host have its own ns1; a fresh sysfs (mounted from inside the network
 # namespace) shows the host's own interfaces under /sys/class/net, which Ansible's
@@ -435,6 +438,10 @@ class Lab:
             killed = self._kill_processes({inode for _device, inode in held.keys})
             if killed:
                 removed.append(f"{killed} processes")
+            for _device, inode in sorted(held.keys):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(COLLECTION_LOCK.format(inode=inode))
+                    removed.append(f"the collection's lock of namespace {inode}")
             mounts = mount_table()
             removed += sorted({os.path.relpath(os.path.dirname(p), self.dir) for p in bound_namespaces(mounts, self.dir)})
             # The files held open are busy: detached, their mounts go when they are closed.

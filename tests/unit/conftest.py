@@ -7,7 +7,7 @@ of its own in its place, which holds 0 until a plan writes it.
 from __future__ import annotations
 
 import pytest
-from ansible_collections.netns.expose.plugins.module_utils import _dnat
+from ansible_collections.netns.expose.plugins.module_utils import _dnat, _lock
 
 
 @pytest.fixture(autouse=True)
@@ -17,4 +17,12 @@ def ip_forward_file(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("sysctl") / "ip_forward"
     path.write_text("0\n", encoding="utf-8")
     monkeypatch.setattr(_dnat, "IP_FORWARD_PATH", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def lock_directory(tmp_path_factory, monkeypatch):
+    """A directory of its own for the host-wide lock of the modules a test runs (not this machine's /run/lock)."""
+    path = tmp_path_factory.mktemp("lock")
+    monkeypatch.setattr(_lock, "LOCK_DIR", str(path))
     return path

@@ -58,3 +58,8 @@ def test_processes_pinning_reads_each_mount_namespace_once(monkeypatch):
     monkeypatch.setattr(nslab, "_read_mountinfo", lambda pid: read.append(pid) or MOUNTINFO)
     assert nslab.processes_pinning({("0:4", 4026533110)}) == [1]
     assert read == [1]
+
+
+def test_the_lab_removes_the_collections_lock_files_by_their_name():
+    from ansible_collections.netns.expose.plugins.module_utils import _lock  # pylint: disable=import-outside-toplevel
+    assert nslab.COLLECTION_LOCK.format(inode=4026532242) == _lock.lock_file(4026532242, "/run/lock")
