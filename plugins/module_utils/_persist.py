@@ -15,7 +15,6 @@ reloads it after a unit changed, where systemd runs (is_systemd_host).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 
@@ -87,24 +86,27 @@ def _shown(content):
 
 
 def write_file(path, content):
-    """Write a file (atomically, 0644, parents 0755) or make a symlink, replacing what is there."""
+    """Write a file (0644, parents 0755) or make a symlink, replacing what is there at once: the new one is made
+    under a temporary name, on disk (fsync) before it takes the name, so that a crash, a full or a read-only
+    filesystem leaves the old one whole, and no temporary file behind."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    if isinstance(content, Link):
-        if os.path.lexists(path):
-            os.unlink(path)
-        os.symlink(content.target, path)
-        return
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".netns-expose-")
+    temporary = os.path.join(directory, f".netns-expose-{os.getpid()}-{os.path.basename(path)}")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as new:
-            new.write(content)
-        os.chmod(temporary, 0o644)
-        if os.path.islink(path):
-            os.unlink(path)
-        os.rename(temporary, path)
+        if isinstance(content, Link):
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+            os.symlink(content.target, temporary)
+        else:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            with os.fdopen(handle, "w", encoding="utf-8") as new:
+                new.write(content)
+                new.flush()
+                os.fsync(new.fileno())
+            os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
+        if os.path.lexists(temporary):
             os.unlink(temporary)
         raise
 

@@ -2,6 +2,7 @@
 against a temporary root instead of the host's /etc (no systemd, no netlink)."""
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -231,3 +232,30 @@ def test_the_nftables_backend_removes_its_files_with_the_last_mapping(root):
     assert "stop netns-expose-rules.service" in plan.actions
     plan.apply()
     assert not list((root / "etc").rglob("*.nft")) and not list((root / "etc").rglob("*.service"))
+
+
+def test_a_file_that_cannot_be_written_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    """A full filesystem (ENOSPC at the write or the fsync): the run fails with the reason, the file that was there
+    stays as it was, and no temporary file is left beside it."""
+    path = tmp_path / "netns-expose" / "iptables.rules"
+    _persist.write_file(str(path), "old\n")
+
+    def full(_descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_persist.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        _persist.write_file(str(path), "new\n" * 1000)
+    assert path.read_text() == "old\n"
+    assert sorted(item.name for item in path.parent.iterdir()) == ["iptables.rules"]
+
+
+def test_a_file_and_a_link_replace_each_other(tmp_path):
+    path = tmp_path / "unit.wants" / "netns-expose-rules.service"
+    _persist.write_file(str(path), "a file\n")
+    _persist.write_file(str(path), _persist.Link("/etc/systemd/system/netns-expose-rules.service"))
+    assert path.is_symlink() and os.readlink(path) == "/etc/systemd/system/netns-expose-rules.service"
+    _persist.write_file(str(path), "a file again\n")
+    assert not path.is_symlink() and path.read_text() == "a file again\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert sorted(item.name for item in path.parent.iterdir()) == ["netns-expose-rules.service"]
