@@ -43,7 +43,6 @@ from ansible_collections.netns.expose.plugins.module_utils._packages import inst
 from ansible_collections.netns.expose.plugins.module_utils._plan import REMOVE, Plan
 from ansible_collections.netns.expose.plugins.module_utils._validation import (
     InvalidInput,
-    address_in,
     check_allowed_sources,
     check_ifname,
     check_name,
@@ -246,10 +245,6 @@ class Mapping:
             more = f" and {len(self.allowed_sources) - 3} more" if len(self.allowed_sources) > 3 else ""
             text += f", from {', '.join(shown)}{more}"
         return text
-
-    def allows(self, address):
-        """Whether a client with this source address may use the mapping."""
-        return self.allowed_sources is None or address_in(address, self.allowed_sources)
 
     @property
     def bucket(self):

@@ -99,5 +99,15 @@ def held_by(module):
     return host_lock(module.params["lock_timeout"])
 
 
+def run_locked(module, work):
+    """work() under the host lock (held_by); its result. A run that cannot get the lock fails, naming the holder."""
+    try:
+        with held_by(module):
+            return work()
+    except LockTimeout as exc:
+        module.fail_json(msg=str(exc))
+        raise  # fail_json exits; not reached
+
+
 # The option of every module that takes the lock (doc fragment netns.expose.lock).
 LOCK_OPTION = {"lock_timeout": {"type": "float", "default": DEFAULT_TIMEOUT}}

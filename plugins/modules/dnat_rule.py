@@ -520,7 +520,7 @@ counters:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netns.expose.plugins.module_utils._dnat import RolledBack
-from ansible_collections.netns.expose.plugins.module_utils._lock import LockTimeout, held_by
+from ansible_collections.netns.expose.plugins.module_utils._lock import run_locked
 from ansible_collections.netns.expose.plugins.module_utils._dnat_run import ARGUMENT_RULES, ARGUMENT_SPEC, plan_run
 from ansible_collections.netns.expose.plugins.module_utils._iptables import IptablesError
 from ansible_collections.netns.expose.plugins.module_utils._nftables import ForwardDropped, NftError
@@ -545,11 +545,7 @@ def converge(module):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
-    try:
-        with held_by(module):
-            plan, backends = converge(module)
-    except LockTimeout as exc:
-        module.fail_json(msg=str(exc))
+    plan, backends = run_locked(module, lambda: converge(module))
 
     for warning in plan.warnings:
         module.warn(warning)

@@ -258,12 +258,27 @@ from ansible_collections.netns.expose.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
     Netlink,
 )
-from ansible_collections.netns.expose.plugins.module_utils._lock import LockTimeout, held_by
+from ansible_collections.netns.expose.plugins.module_utils._lock import run_locked
 from ansible_collections.netns.expose.plugins.module_utils._netns_veth import ARGUMENT_RULES, ARGUMENT_SPEC, VethRun
 from ansible_collections.netns.expose.plugins.module_utils._persist import systemd_of
 from ansible_collections.netns.expose.plugins.module_utils._packages import install_hint
 from ansible_collections.netns.expose.plugins.module_utils._plan import PlanApplyError
 from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
+
+
+def converge(module):
+    """Read, plan and (unless in check mode) apply: (run, its outputs); fails the module on a refusal or an error."""
+    with Netlink() as netlink:
+        try:
+            run = VethRun(netlink, module.params, systemd=systemd_of(module))
+        except InvalidInput as exc:
+            module.fail_json(msg=str(exc))
+        if not module.check_mode:
+            try:
+                run.plan.apply()
+            except PlanApplyError as exc:
+                module.fail_json(msg=str(exc), actions=exc.done, failed_action=exc.failed_step)
+        return run, run.outputs(applied=not module.check_mode)
 
 
 def main():
@@ -272,21 +287,7 @@ def main():
         module.fail_json(msg=f"{missing_required_lib('pyroute2')}. To fix it, {install_hint('pyroute2')}.",
                          exception=PYROUTE2_IMPORT_ERROR)
 
-    try:
-        with held_by(module), Netlink() as netlink:
-            try:
-                run = VethRun(netlink, module.params, systemd=systemd_of(module))
-            except InvalidInput as exc:
-                module.fail_json(msg=str(exc))
-
-            if not module.check_mode:
-                try:
-                    run.plan.apply()
-                except PlanApplyError as exc:
-                    module.fail_json(msg=str(exc), actions=exc.done, failed_action=exc.failed_step)
-            outputs = run.outputs(applied=not module.check_mode)
-    except LockTimeout as exc:
-        module.fail_json(msg=str(exc))
+    run, outputs = run_locked(module, lambda: converge(module))
 
     for warning in run.plan.warnings:
         module.warn(warning)

@@ -109,7 +109,7 @@ package_manager:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netns.expose.plugins.module_utils._lock import LOCK_OPTION, LockTimeout, held_by
+from ansible_collections.netns.expose.plugins.module_utils._lock import LOCK_OPTION, run_locked
 from ansible_collections.netns.expose.plugins.module_utils._packages import (
     NEEDS,
     PrerequisitesError,
@@ -145,11 +145,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
-        with held_by(module):
-            run = install(module)
-    except LockTimeout as exc:
-        module.fail_json(msg=str(exc))
+    run = run_locked(module, lambda: install(module))
 
     result = dict(changed=run.plan.changed, actions=run.plan.actions, **run.outputs())
     if module._diff:

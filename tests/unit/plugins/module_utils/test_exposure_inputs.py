@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.netns.expose.plugins.module_utils._dnat import Mapping, mappings_from_params
 from ansible_collections.netns.expose.plugins.module_utils._probe import Attempt, Prober, failure_message, parse_checks
 from ansible_collections.netns.expose.plugins.module_utils._services import services_plan
-from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput
+from ansible_collections.netns.expose.plugins.module_utils._validation import InvalidInput, address_in
 from ansible_collections.netns.expose.plugins.plugin_utils._verify import report, summary
 
 from test_dnat import params
@@ -40,7 +40,6 @@ def test_allowed_sources_are_networks_merged_and_sorted(given, taken):
 def test_without_allowed_sources_every_client_is_let_in():
     [mapping] = mappings_from_params(params(**one()))
     assert mapping.allowed_sources is None
-    assert mapping.allows("203.0.113.9") and mapping.allows("10.211.55.7")
 
 
 @pytest.mark.parametrize("address, allowed", [
@@ -50,7 +49,7 @@ def test_without_allowed_sources_every_client_is_let_in():
 def test_a_client_is_let_in_by_its_source_address(address, allowed):
     mapping = Mapping(name="web", port=8090, to_address="10.244.1.2", to_port=9090,
                       allowed_sources=("10.211.55.0/25", "192.168.7.7/32"))
-    assert mapping.allows(address) is allowed
+    assert address_in(address, mapping.allowed_sources) is allowed
 
 
 def test_the_summary_names_the_first_networks_of_the_list():
